@@ -1,0 +1,146 @@
+"""Slimming gates (paper Eq. 2-4): one learnable scalar per attention head and per FFN neuron.
+
+The gates are attached by surgery on stock transformers modules, never by editing their modeling code:
+a forward pre-hook on W^O scales each head's slice of the concatenated context (Eq. 2), and one on W2
+scales each intermediate activation (Eq. 3). Because the hooks sit on the inputs of two nn.Linear layers,
+they see the same tensor whatever attention implementation (eager, sdpa, flex, flash) produced it.
+
+The gate parameters live in a `GateSet` registered on the model as `model.earlybert_gates`, so they move
+with `.to()`, are found by `model.parameters()` (and therefore by optimizers, DDP and accelerate), and
+`remove_gates` takes them away again without a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .archs import blocks, get_arch, head_dim, layer_shapes
+
+GATES_ATTR = "earlybert_gates"
+
+
+@dataclass
+class GateConfig:
+    """Strength of the L1 sparsity penalty of Eq. 4, separately for head and FFN gates (paper: 1e-4 both)."""
+
+    head_l1: float = 1e-4
+    ffn_l1: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("head_l1", "ffn_l1"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class GateSet(nn.Module):
+    """head[l]: (num_heads_l,) and ffn[l]: (intermediate_size_l,) coefficients, initialised to 1.0."""
+
+    def __init__(self, num_heads: list[int], ffn_sizes: list[int], device=None):
+        super().__init__()
+        self.head = nn.ParameterList([nn.Parameter(torch.ones(n, device=device)) for n in num_heads])
+        self.ffn = nn.ParameterList([nn.Parameter(torch.ones(n, device=device)) for n in ffn_sizes])
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def l1(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum |c_head|, sum |c_ffn|) as differentiable scalars."""
+        return sum(g.abs().sum() for g in self.head), sum(g.abs().sum() for g in self.ffn)
+
+    def scores(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Detached float32 CPU copies of the coefficients, for drawing tickets."""
+        return [g.detach().float().cpu() for g in self.head], [g.detach().float().cpu() for g in self.ffn]
+
+    @torch.no_grad()
+    def zero_pruned(self, ticket) -> None:
+        """Set the gates of everything `ticket` prunes to 0 (the masked model that pruning must reproduce)."""
+        for gates, kept in ((self.head, ticket.heads), (self.ffn, ticket.ffn)):
+            for g, keep in zip(gates, kept):
+                mask = torch.zeros_like(g, dtype=torch.bool)
+                mask[list(keep)] = True
+                g.masked_fill_(~mask, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"heads={[len(g) for g in self.head]}, ffn={[len(g) for g in self.ffn]}"
+
+
+def _head_gate_hook(gate: nn.Parameter, dim: int):
+    # Input of W^O is (..., heads * head_dim), laid out head-major by every supported family's reshape.
+    def hook(module, args):
+        x = args[0]
+        scale = gate.to(x.dtype).repeat_interleave(dim)
+        return (x * scale, *args[1:])
+
+    return hook
+
+
+def _ffn_gate_hook(gate: nn.Parameter):
+    def hook(module, args):
+        x = args[0]
+        return (x * gate.to(x.dtype), *args[1:])
+
+    return hook
+
+
+def add_gates(model: nn.Module) -> GateSet:
+    """Attach head and FFN gates (all 1.0, so outputs are unchanged until they train) and return them.
+
+    Call before wrapping the model (DDP, accelerate.prepare) and before building the optimizer, so the
+    gate parameters are part of both. Works on full-size and already slim models.
+    """
+    arch = get_arch(model)
+    if hasattr(model, GATES_ATTR):
+        raise ValueError("model already has earlybert gates; call remove_gates(model) first")
+    num_heads, ffn_sizes = layer_shapes(model)
+    device = next(model.parameters()).device
+    gates = GateSet(num_heads, ffn_sizes, device=device)
+    d = head_dim(model)
+    for block, head_gate, ffn_gate in zip(blocks(model), gates.head, gates.ffn):
+        w_o, w_2 = block.get_submodule(arch.attn_output), block.get_submodule(arch.ffn_out)
+        gates._hooks.append(w_o.register_forward_pre_hook(_head_gate_hook(head_gate, d)))
+        gates._hooks.append(w_2.register_forward_pre_hook(_ffn_gate_hook(ffn_gate)))
+    model.add_module(GATES_ATTR, gates)
+    return gates
+
+
+def get_gates(model: nn.Module) -> GateSet:
+    gates = getattr(model, GATES_ATTR, None)
+    if gates is None:
+        raise ValueError("model has no earlybert gates; call add_gates(model) first")
+    return gates
+
+
+def remove_gates(model: nn.Module, fold: bool = False) -> GateSet:
+    """Detach the gates and their hooks and return them.
+
+    fold=False (what the paper's draw-and-retrain needs): the model is left exactly as before `add_gates`.
+    fold=True: the gate values are multiplied into the input columns of W^O and W2 first, so the model keeps
+    computing what the gated model computed (useful to continue from the searched weights).
+    """
+    gates = get_gates(model)
+    if fold:
+        arch = get_arch(model)
+        d = head_dim(model)
+        with torch.no_grad():
+            for block, head_gate, ffn_gate in zip(blocks(model), gates.head, gates.ffn):
+                w_o, w_2 = block.get_submodule(arch.attn_output).weight, block.get_submodule(arch.ffn_out).weight
+                w_o.mul_(head_gate.to(w_o.dtype).repeat_interleave(d))
+                w_2.mul_(ffn_gate.to(w_2.dtype))
+    for handle in gates._hooks:
+        handle.remove()
+    gates._hooks.clear()
+    delattr(model, GATES_ATTR)
+    return gates
+
+
+def sparsity_penalty(model_or_gates: nn.Module, config: GateConfig | None = None) -> torch.Tensor:
+    """lambda_head * ||c_head||_1 + lambda_ffn * ||c_ffn||_1 (Eq. 4).
+
+    Add it to the task loss *before* dividing by the gradient-accumulation steps, so the effective lambda
+    does not depend on how a batch is split.
+    """
+    config = config or GateConfig()
+    gates = model_or_gates if isinstance(model_or_gates, GateSet) else get_gates(model_or_gates)
+    head_l1, ffn_l1 = gates.l1()
+    return config.head_l1 * head_l1 + config.ffn_l1 * ffn_l1
