@@ -114,3 +114,12 @@ def layer_shapes(model: nn.Module) -> tuple[list[int], list[int]]:
         heads.append(block.get_submodule(arch.query).out_features // d)
         ffn.append(block.get_submodule(arch.ffn_in).out_features)
     return heads, ffn
+
+
+def config_layer_shapes(config) -> tuple[list[int], list[int]]:
+    """(heads per layer, FFN width per layer) that a (possibly slim) config describes, without building it."""
+    arch = get_arch(config.model_type)
+    n_layers = getattr(config, arch.config_num_layers)
+    heads = getattr(config, "layer_num_heads", None) or [getattr(config, arch.config_num_heads)] * n_layers
+    ffn = getattr(config, "layer_intermediate_sizes", None) or [getattr(config, arch.config_intermediate)] * n_layers
+    return list(heads), list(ffn)

@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .archs import blocks, get_arch, layer_shapes
 from .flops import count_flops
-from .prune import prune
+from .prune import check_ticket_fits, prune
 from .ticket import Ticket, TicketConfig, draw_ticket
 
 logger = logging.getLogger("earlybert")
@@ -30,15 +30,22 @@ class CliError(Exception):
     """Bad input: reported as one line and exit status 2."""
 
 
-def load_model(name_or_path: str):
-    """The model with the head class its config names (AutoModel when it names none)."""
-    from transformers import AutoConfig, AutoModel
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise CliError(f"cannot load a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     get_arch(config.model_type)
+    return config
+
+
+def load_model(name_or_path: str, config=None):
+    """The model with the head class its config names (AutoModel when it names none)."""
+    from transformers import AutoModel
+
+    config = config or load_config(name_or_path)
     head = (config.architectures or [""])[0]
     return (_auto_class_for(head) or AutoModel).from_pretrained(name_or_path, config=config)
 
@@ -53,7 +60,14 @@ def _auto_class_for(head_class_name: str):
     return next((auto for auto in AUTO_CLASSES if auto.__name__ == wanted), None)
 
 
+def _max_seq_len(model) -> int:
+    # RoBERTa offsets positions by padding_idx + 1; staying 2 under the table size is safe for every family.
+    return model.config.max_position_embeddings - 2
+
+
 def _example_batch(model, batch_size: int, seq_len: int) -> dict:
+    if seq_len > _max_seq_len(model):
+        raise CliError(f"sequence length {seq_len} exceeds the model's limit of {_max_seq_len(model)} tokens")
     vocab = model.get_input_embeddings().num_embeddings
     generator = torch.Generator().manual_seed(0)
     return {"input_ids": torch.randint(0, vocab, (batch_size, seq_len), generator=generator)}
@@ -65,7 +79,8 @@ def cmd_inspect(args) -> int:
     heads, ffn = layer_shapes(model)
     config = model.config
     full_heads, full_ffn = getattr(config, arch.config_num_heads), getattr(config, arch.config_intermediate)
-    flops = count_flops(model, _example_batch(model, 1, args.seq_len))
+    seq_len = args.seq_len or min(128, _max_seq_len(model))
+    flops = count_flops(model, _example_batch(model, 1, seq_len))
     report = {
         "model": args.model,
         "class": type(model).__name__,
@@ -76,7 +91,7 @@ def cmd_inspect(args) -> int:
         "full_heads_per_layer": full_heads,
         "full_ffn_per_layer": full_ffn,
         "parameters": sum(p.numel() for p in model.parameters()),
-        f"train_step_flops_per_sequence_of_{args.seq_len}": flops,
+        f"train_step_flops_per_sequence_of_{seq_len}": flops,
     }
     print(json.dumps(report, indent=1))
     return 0
@@ -86,17 +101,20 @@ def cmd_prune(args) -> int:
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         raise CliError(f"output directory {output} is not empty; pass --overwrite to replace it")
-    model = load_model(args.model)
-    if args.ticket:
-        ticket = Ticket.load(args.ticket)
-    else:
-        config = TicketConfig(
-            head_ratio=None if args.head_count is not None else args.head_ratio,
-            head_count=args.head_count,
-            ffn_ratio=args.ffn_ratio,
-            ffn_scope=args.ffn_scope,
-            ffn_multiple=args.ffn_multiple,
-        )
+    # Settings and ticket are checked before the (slow) model load, so bad input fails fast.
+    ticket = Ticket.load(args.ticket) if args.ticket else None
+    config = TicketConfig(
+        head_ratio=None if args.head_count is not None else args.head_ratio,
+        head_count=args.head_count,
+        ffn_ratio=args.ffn_ratio,
+        ffn_scope=args.ffn_scope,
+        ffn_multiple=args.ffn_multiple,
+    )
+    model_config = load_config(args.model)
+    if ticket is not None:
+        check_ticket_fits(model_config, ticket)
+    model = load_model(args.model, model_config)
+    if ticket is None:
         generator = torch.Generator().manual_seed(args.random_seed)
         heads, ffn = layer_shapes(model)
         ticket = draw_ticket(
@@ -105,7 +123,7 @@ def cmd_prune(args) -> int:
             config,
         )
         ticket.config["random_seed"] = args.random_seed
-    batch = _example_batch(model, 1, 128)
+    batch = _example_batch(model, 1, min(128, _max_seq_len(model)))
     before = count_flops(model, batch)["linear"]
     prune(model, ticket)
     after = count_flops(model, batch)["linear"]
@@ -135,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show a model's family, per-layer shapes, parameters and FLOPs")
     p.add_argument("model", help="local directory or hub name")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for the FLOP count (default 128)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for the FLOP count (default 128)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="apply a ticket and save the slim model (reloads with AutoModel*)")

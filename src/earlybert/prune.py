@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from .archs import blocks, get_arch, head_dim, layer_shapes
+from .archs import blocks, config_layer_shapes, get_arch, head_dim, layer_shapes
 from .gates import GATES_ATTR
 from .slim import make_slim
 from .ticket import Ticket
@@ -45,8 +45,12 @@ def _head_rows(kept_heads: list[int], dim: int) -> torch.Tensor:
     return (heads[:, None] * dim + torch.arange(dim)).flatten()
 
 
-def check_ticket_fits(model: nn.Module, ticket: Ticket) -> None:
-    num_heads, ffn_sizes = layer_shapes(model)
+def check_ticket_fits(model_or_config, ticket: Ticket) -> None:
+    """ValueError unless `ticket` was drawn for a model of this per-layer shape (a model or its config)."""
+    if isinstance(model_or_config, nn.Module):
+        num_heads, ffn_sizes = layer_shapes(model_or_config)
+    else:
+        num_heads, ffn_sizes = config_layer_shapes(model_or_config)
     if ticket.num_heads != num_heads or ticket.ffn_sizes != ffn_sizes:
         raise ValueError(
             f"ticket was drawn for a model with heads {ticket.num_heads} and FFN {ticket.ffn_sizes} per layer, "

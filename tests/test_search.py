@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+import earlybert as eb
+from earlybert.search import EarlyBird, SearchConfig
+from earlybert.ticket import Ticket
+
+from conftest import build, inputs_for
+
+
+def ticket_keeping(ffn_kept: list[int], heads_kept=(0, 1, 2)) -> Ticket:
+    """One layer, 4 heads, 20 FFN neurons."""
+    return Ticket(heads=[list(heads_kept)], ffn=[sorted(ffn_kept)], num_heads=[4], ffn_sizes=[20])
+
+
+def feed(tracker: EarlyBird, tickets: list[Ticket]) -> int | None:
+    """Add tickets as steps 1, 2, ...; the step at which the tracker says stop, or None."""
+    for step, ticket in enumerate(tickets, start=1):
+        tracker.add(step, ticket)
+        if tracker.should_stop(step):
+            return step
+    return None
+
+
+def test_stable_masks_stop_after_patience_plus_one():
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=5, max_steps=100))
+    stop = feed(tracker, [ticket_keeping(list(range(12)))] * 10)
+    assert stop == 6 and tracker.stop_reason == "early-bird"
+
+
+def test_changing_masks_run_to_the_budget():
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=2, max_steps=8))
+    # each mask moves 4 of 20 neurons (distance 0.2 >= epsilon): never converges
+    tickets = [ticket_keeping([(j + 2 * i) % 20 for j in range(12)]) for i in range(10)]
+    assert feed(tracker, tickets) == 8 and tracker.stop_reason == "budget"
+
+
+def test_one_outlier_in_the_window_delays_the_stop():
+    base, moved = list(range(12)), list(range(12)) + [15]  # distance 1/20 = 0.05 < 0.1
+    far = list(range(8, 20))  # distance 8/20 from base
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=3, max_steps=100))
+    sequence = [base, moved, far, base, moved, base, base, base]
+    stop = feed(tracker, [ticket_keeping(k) for k in sequence])
+    # steps 4-6 still see `far` (step 3) among their previous three; step 7 sees base, moved, base
+    assert stop == 7 and tracker.stop_reason == "early-bird"
+    assert tracker.steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_epsilon_is_strict_and_heads_count_too():
+    same_ffn = list(range(12))
+    # moving one head of 4 is distance 0.5 on heads even with identical FFN masks
+    head_moves = [ticket_keeping(same_ffn, (0, 1, 2)), ticket_keeping(same_ffn, (0, 1, 3))] * 5
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.4, patience=1, max_steps=10))
+    assert feed(tracker, head_moves) == 10 and tracker.stop_reason == "budget"
+    # distance exactly epsilon does not count as converged
+    a, b = ticket_keeping(list(range(12))), ticket_keeping(list(range(11)) + [12])  # 2/20 = 0.1
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=1, max_steps=3))
+    assert feed(tracker, [a, b, a]) == 3 and tracker.stop_reason == "budget"
+
+
+def test_budget_as_a_fraction_of_an_epoch():
+    assert SearchConfig(max_epoch_fraction=0.2, steps_per_epoch=2105).budget == 421
+    assert SearchConfig(max_epoch_fraction=0.2, steps_per_epoch=2105, max_steps=100).budget == 100
+    with pytest.raises(ValueError, match="needs a budget"):
+        SearchConfig()
+    with pytest.raises(ValueError, match="needs steps_per_epoch"):
+        SearchConfig(max_epoch_fraction=0.2)
+    with pytest.raises(ValueError, match="epsilon"):
+        SearchConfig(epsilon=2, max_steps=1)
+
+
+def test_distance_matrix_is_the_figure_1_data():
+    tracker = EarlyBird(search_config=SearchConfig(max_steps=100))
+    kept = [list(range(12)), list(range(12)) + [15], list(range(8, 20))]
+    for step, k in enumerate(kept, start=1):
+        tracker.add(step * 10, ticket_keeping(k))
+    ffn = tracker.distance_matrix("ffn")
+    assert ffn.shape == (3, 3) and np.allclose(ffn, ffn.T) and np.all(np.diag(ffn) == 0)
+    assert ffn[0, 1] == pytest.approx(1 / 20) and ffn[0, 2] == pytest.approx(16 / 20)
+    assert np.allclose(tracker.distance_matrix("ffn", layer=0), ffn)
+    assert np.all(tracker.distance_matrix("heads") == 0)
+    with pytest.raises(ValueError, match="steps must increase"):
+        tracker.add(5, ticket_keeping(kept[0]))
+    history = tracker.to_dict()
+    assert history["steps"] == [10, 20, 30] and "ffn_scores" not in history["tickets"][0]
+
+
+def test_record_draws_from_gates_every_n_steps():
+    model = build("bert", eb.slim.AUTO_CLASSES[0])
+    gates = eb.add_gates(model)
+    tracker = EarlyBird(search_config=SearchConfig(max_steps=5, record_every=2, patience=5))
+    stops = [tracker.record(step, model) for step in range(1, 6)]
+    assert stops == [False, False, False, False, True] and tracker.steps == [2, 4, 5]
+    assert tracker.stop_reason == "budget"
+    assert tracker.ticket.num_heads == [len(g) for g in gates.head]
+
+
+def test_search_loop_stops_at_the_early_bird_and_moves_the_gates():
+    model = build("bert", eb.slim.AUTO_CLASSES[4])  # sequence classification
+    gates = eb.add_gates(model)
+    batch = {**inputs_for(model), "labels": torch.tensor([0, 1])}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    result = eb.search(model, [batch], optimizer, search_config=SearchConfig(max_steps=50, patience=3))
+    assert result.history.stop_reason in ("early-bird", "budget")
+    assert result.steps == len(result.losses) <= 50
+    assert result.ticket is result.history.tickets[-1]
+    assert any((g.detach() != 1).any() for g in gates.parameters())
+
+
+def test_search_with_frozen_gates_converges_immediately():
+    model = build("bert", eb.slim.AUTO_CLASSES[4])
+    gates = eb.add_gates(model)
+    batch = {**inputs_for(model), "labels": torch.tensor([0, 1])}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = eb.search(model, [batch], optimizer, search_config=SearchConfig(max_steps=50, patience=5))
+    assert result.history.stop_reason == "early-bird" and result.steps == 6
+    with pytest.raises(ValueError, match="no batches"):
+        eb.search(model, [], optimizer, search_config=SearchConfig(max_steps=5))
+    assert gates is eb.get_gates(model)
