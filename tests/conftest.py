@@ -72,3 +72,61 @@ def outputs(model, batch) -> list[torch.Tensor]:
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     assert len(a) == len(b) and len(a) > 0
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+# -- a tiny pretrained-looking encoder with a real WordPiece tokenizer, and GLUE-layout data --------------------
+
+WORDS = "good great fine nice bad awful poor sad movie film the a is was plot acting really very".split()
+
+
+def write_tiny_encoder(path, family: str = "bert", dropout: float = 0.1):
+    """A tiny random encoder saved with a matching fast WordPiece tokenizer: a stand-in for a hub checkpoint."""
+    from transformers import AutoModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    (path / "vocab.txt").unlink()  # the saved tokenizer.json is what loads
+    config = tiny_config(family, "sdpa")
+    config.vocab_size = len(vocab)
+    config.max_position_embeddings = 128
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if hasattr(config, name):
+            setattr(config, name, dropout)
+    if family == "roberta":
+        config.pad_token_id = 0
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    return path
+
+
+def write_sst2_like(path, n_train: int = 64, n_dev: int = 24, seed: int = 0):
+    """Sentiment sentences in the SST-2 TSV layout; the label follows the adjective, so it is learnable."""
+    import random
+
+    rng = random.Random(seed)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            adjective = rng.choice(WORDS[:4] if label else WORDS[4:8])
+            out.append(f"the {rng.choice(['movie', 'film'])} {rng.choice(['is', 'was'])} {adjective} \t{label}")
+        return out
+
+    task_dir = path / "SST-2"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    (task_dir / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n_train)) + "\n")
+    (task_dir / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n_dev)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "bert")
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    return write_sst2_like(tmp_path_factory.mktemp("glue"))

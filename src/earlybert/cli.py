@@ -3,6 +3,8 @@
     earlybert inspect MODEL                                 # family, per-layer shapes, parameters, FLOPs
     earlybert prune MODEL --ticket ticket.json --output DIR # apply a ticket, save a slim model that reloads
     earlybert prune MODEL --random-seed 0 --output DIR      # ... or a default-shaped ticket drawn at random
+    earlybert finetune --model M --task sst2 --data DIR --output RUN [--method full|earlybert|random|layerdrop]
+    earlybert compare  --model M --task sst2 --data DIR --output DIR --methods full,earlybert --seeds 1,2,3
 
 MODEL is a local directory or a hub name (hub names need a network).
 """
@@ -146,6 +148,90 @@ def _copy_tokenizer(source: str, output: Path) -> None:
     tokenizer.save_pretrained(output)
 
 
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="pretrained encoder: local directory or hub name")
+    p.add_argument("--task", help="sst2, mnli, qnli, qqp, cola, rte, mrpc, stsb or squad (omit for --train-file data)")
+    p.add_argument("--data", help="folder with the task's files (GLUE layout / SQuAD JSON) or a hub dataset name")
+    p.add_argument("--output", required=True, help="run folder")
+    p.add_argument("--train-file", help="your own labelled data: .csv, .tsv or .jsonl")
+    p.add_argument("--validation-file", help="your own validation data, same format")
+    p.add_argument("--text-columns", help="one or two comma-separated text columns of your files")
+    p.add_argument("--label-column", default="label", help="label column of your files (default label)")
+    p.add_argument("--regression", action="store_true", help="your labels are real numbers")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (128; SQuAD 384)")
+    p.add_argument("--doc-stride", type=int, default=128, help="SQuAD window overlap (128)")
+    p.add_argument("--max-train-samples", type=int, help="fixed random subset of the training set")
+    p.add_argument("--max-eval-samples", type=int, help="fixed random subset of each evaluation set")
+    p.add_argument("--epochs", type=float, help="baseline epochs (3; SQuAD 2)")
+    p.add_argument("--lr", type=float, help="baseline learning rate (2e-5; SQuAD 3e-5)")
+    p.add_argument("--earlybert-epochs", type=float, help="slim-model epochs (2; SQuAD keeps its default)")
+    p.add_argument("--lr-scale", type=float, help="slim-model learning-rate multiplier (2; SQuAD 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="per-process batch size (32)")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (1)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.0)
+    p.add_argument("--search-epoch-fraction", type=float, default=0.2, help="search budget in epochs (0.2)")
+    p.add_argument("--search-max-steps", type=int, help="search budget in steps (the smaller budget wins)")
+    p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda for all gates (1e-4)")
+    p.add_argument("--head-l1", type=float, help="lambda for head gates (default --l1)")
+    p.add_argument("--ffn-l1", type=float, help="lambda for FFN gates (default --l1)")
+    p.add_argument("--epsilon", type=float, default=0.1, help="early-bird mask-distance threshold (0.1)")
+    p.add_argument("--patience", type=int, default=5, help="early-bird: previous masks to compare with (5)")
+    p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
+    p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
+    p.add_argument("--ffn-ratio", type=float, default=0.4, help="fraction of FFN neurons pruned (0.4)")
+    p.add_argument("--ffn-scope", choices=["global", "layer"], default="global")
+    p.add_argument("--ffn-multiple", type=int, default=1, help="round each layer's FFN width to a multiple")
+    p.add_argument("--ticket-like", help="random method: copy the per-layer shape of this ticket.json")
+    p.add_argument("--layerdrop", type=float, default=1 / 3, help="LayerDrop rate while training (1/3)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="default: bf16 on GPUs, no on CPU")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+
+def finetune_config(args, method: str) -> "FinetuneConfig":
+    from .finetune import FinetuneConfig
+    from .gates import GateConfig
+
+    return FinetuneConfig(
+        model=args.model, output=args.output, task=args.task, method=method, data=args.data,
+        train_file=args.train_file, validation_file=args.validation_file,
+        text_columns=tuple(c for c in (args.text_columns or "").split(",") if c),
+        label_column=args.label_column, regression=args.regression, max_length=args.max_length,
+        doc_stride=args.doc_stride, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        epochs=args.epochs, lr=args.lr, earlybert_epochs=args.earlybert_epochs, lr_scale=args.lr_scale,
+        batch_size=args.batch_size, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        grad_accum=args.grad_accum, seed=getattr(args, "seed", 42), search_epoch_fraction=args.search_epoch_fraction,
+        search_max_steps=args.search_max_steps,
+        gates=GateConfig(head_l1=args.head_l1 if args.head_l1 is not None else args.l1,
+                         ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1),
+        ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
+                            ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
+        epsilon=args.epsilon, patience=args.patience, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
+        checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
+    )
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    results = finetune(finetune_config(args, args.method), resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({k: results[k] for k in ("method", "task", "metrics", "total_step_time_s",
+                                              "fraction_saved_vs_estimated_full")}, indent=1))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+    from .report import comparison_table
+
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    runs = compare(finetune_config(args, "full"), args.methods.split(","), seeds, args.resume, args.overwrite)
+    print(comparison_table(runs)[1])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
@@ -169,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn-multiple", type=int, default=1, help="round each layer's FFN width to a multiple")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="search, draw, train the slim model, evaluate, report (one method)")
+    _add_finetune_args(p)
+    p.add_argument("--method", choices=["full", "earlybert", "random", "layerdrop"], default="earlybert")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compare", help="several methods and seeds on the same data, one table (paper Table 2)")
+    _add_finetune_args(p)
+    p.add_argument("--methods", default="full,earlybert,random,layerdrop")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

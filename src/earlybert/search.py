@@ -131,6 +131,15 @@ class EarlyBird:
                 out[i, j] = out[j, i] = value
         return out
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue the search after a restart (masks, not coefficients)."""
+        return self.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = list(state["steps"])
+        self.stop_reason = state["stop_reason"]
+        self.tickets = [Ticket.from_dict(t) for t in state["tickets"]]
+
     def to_dict(self) -> dict:
         """History without the per-step coefficients (the tickets' masks and steps suffice for Fig. 1)."""
         tickets = [{k: v for k, v in t.to_dict().items() if not k.endswith("_scores")} for t in self.tickets]

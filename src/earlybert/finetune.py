@@ -1,0 +1,311 @@
+"""Efficient fine-tuning end to end (paper Sec. 3.2, 4.1, 4.2): search -> draw -> slim training -> evaluation.
+
+`finetune(config)` runs one method into one run folder:
+  full       the baseline: the whole model, `epochs` epochs at `lr`;
+  earlybert  gates + L1 search from the pretrained weights, stopped by the early bird or the budget; draw;
+             the slim model restarts from the pretrained weights (same task-head init as the search) and trains
+             `earlybert_epochs` epochs at `lr * lr_scale`;
+  random     a ticket of the same shape drawn at random, trained like earlybert, no search;
+  layerdrop  LayerDrop training for `epochs` epochs, then one third of the layers removed.
+Every stage is timed per optimizer step, data loading excluded; EarlyBERT's time includes its search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .flops import count_flops
+from .gates import GateConfig, add_gates, remove_gates, sparsity_penalty
+from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
+from .prune import prune
+from .search import EarlyBird, SearchConfig
+from .ticket import Ticket, TicketConfig, atomic_write_text, draw_ticket, random_ticket
+from .train import TrainConfig, steps_per_epoch, train_stage
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("full", "earlybert", "random", "layerdrop")
+
+
+@dataclass
+class FinetuneConfig:
+    """A whole run. Defaults are the paper's GLUE settings; `squad` switches to its own (see resolve_defaults)."""
+
+    model: str
+    output: str
+    task: str | None = None  # a GLUE task name or "squad"; None with train_file/validation_file: custom data
+    method: str = "earlybert"
+    data: str | None = None  # local folder (GLUE layout or SQuAD JSON files) or a hub dataset name
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: tuple[str, ...] = ()
+    label_column: str = "label"
+    regression: bool = False
+    max_length: int | None = None  # 128 for GLUE, 384 for SQuAD
+    doc_stride: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    epochs: float | None = None  # baseline epochs: 3 for GLUE, 2 for SQuAD
+    lr: float | None = None  # baseline learning rate: 2e-5 for GLUE, 3e-5 for SQuAD
+    earlybert_epochs: float | None = None  # slim training: 2 for GLUE, SQuAD keeps its default (Sec. 4.2)
+    lr_scale: float | None = None  # slim training lr multiplier: 2 for GLUE, 1 for SQuAD
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_accum: int = 1
+    seed: int = 42
+    search_epoch_fraction: float = 0.2
+    search_max_steps: int | None = None
+    gates: GateConfig = field(default_factory=GateConfig)
+    ticket: TicketConfig = field(default_factory=TicketConfig)
+    epsilon: float = 0.1
+    patience: int = 5
+    ticket_like: str | None = None  # random method: copy the per-layer shape of this ticket.json
+    layerdrop: float = 1 / 3
+    checkpoint_every: int = 200
+    mixed_precision: str | None = None  # "no", "bf16", "fp16"; default bf16 on GPUs, no on CPU
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if isinstance(self.gates, dict):
+            self.gates = GateConfig(**self.gates)
+        if isinstance(self.ticket, dict):
+            self.ticket = TicketConfig(**self.ticket)
+        self.text_columns = tuple(self.text_columns)
+        if not 0 < self.search_epoch_fraction:
+            raise ValueError(f"search epoch fraction must be > 0, got {self.search_epoch_fraction}")
+        is_squad = self.task == "squad"
+        self.max_length = self.max_length or (384 if is_squad else 128)
+        self.epochs = self.epochs or (2.0 if is_squad else 3.0)
+        self.lr = self.lr or (3e-5 if is_squad else 2e-5)
+        self.earlybert_epochs = self.earlybert_epochs or (self.epochs if is_squad else 2.0)
+        self.lr_scale = self.lr_scale or (1.0 if is_squad else 2.0)
+        for name in ("epochs", "lr", "earlybert_epochs", "lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if is_squad and self.doc_stride >= self.max_length:
+            raise ValueError(f"doc stride {self.doc_stride} must be smaller than max length {self.max_length}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def train_config(self, slim: bool) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.earlybert_epochs if slim else self.epochs,
+            lr=self.lr * (self.lr_scale if slim else 1.0),
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            grad_accum=self.grad_accum,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+        )
+
+
+class RunFolder:
+    """The run directory: refuses to overwrite without permission, writes every file atomically."""
+
+    def __init__(self, path: str | Path, resume: bool, overwrite: bool, is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        has_content = self.path.exists() and any(self.path.iterdir())
+        if has_content and not (resume or overwrite):
+            raise ValueError(f"run folder {self.path} is not empty; pass --resume to continue it or --overwrite to replace it")
+        if overwrite and has_content and is_main:
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, data) -> None:
+        if self.is_main:
+            atomic_write_text(self.path / name, json.dumps(data, indent=1))
+
+    def read_json(self, name: str):
+        path = self.path / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _seeded_model(config: FinetuneConfig, task_info):
+    """The pretrained encoder with a task head; re-seeded so every load gets the same head initialisation."""
+    from accelerate.utils import set_seed
+
+    from .tasks import load_model_for
+
+    set_seed(config.seed)
+    return load_model_for(config.model, task_info)
+
+
+def _ticket_for_random(model, config: FinetuneConfig) -> Ticket:
+    from .archs import layer_shapes
+
+    generator = torch.Generator().manual_seed(config.seed)
+    heads, ffn = layer_shapes(model)
+    drawn = draw_ticket([torch.rand(n, generator=generator) for n in heads],
+                        [torch.rand(n, generator=generator) for n in ffn], config.ticket)
+    like = Ticket.load(config.ticket_like) if config.ticket_like else drawn
+    if like.num_heads != heads or like.ffn_sizes != ffn:
+        raise ValueError("--ticket-like ticket was drawn for a differently shaped model")
+    return random_ticket(like, config.seed)
+
+
+def _broadcast_ticket(ticket: Ticket, accelerator) -> tuple[Ticket, bool]:
+    """Rank 0's ticket for every rank, so the processes of a distributed run can never disagree on the shape;
+    and whether all ranks had drawn that same ticket themselves (they should: DDP keeps the gates in sync)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return ticket, True
+    payload = [ticket.to_dict()]
+    broadcast_object_list(payload, from_process=0)
+    chosen = Ticket.from_dict(payload[0])
+    own = (ticket.heads, ticket.ffn) == (chosen.heads, chosen.ffn)
+    agreed = all(gather_object([own]))
+    if not agreed:
+        logger.warning("ranks drew different tickets; all use rank 0's")
+    return chosen, agreed
+
+
+def _linear_flops_per_step(model, task_info, config: FinetuneConfig) -> int:
+    """Linear-layer FLOPs of one training step on a representative batch (mean training length)."""
+    length = max(8, min(config.max_length, int(round(task_info.mean_train_length))))
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, vocab, (config.batch_size, length), generator=generator)}
+    device = next(model.parameters()).device
+    return count_flops(model, {k: v.to(device) for k, v in batch.items()})["linear"]
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one method end to end into `config.output`; returns results.json's content."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    from . import report
+    from .tasks import evaluate_model, prepare_task
+
+    wall_start = time.perf_counter()
+    mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.method == "layerdrop")
+
+    def new_accelerator():
+        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum,
+                           kwargs_handlers=[ddp_kwargs])
+
+    accelerator = new_accelerator()
+    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    saved = folder.read_json("config.json")
+    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
+        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    folder.write_json("config.json", config.to_dict())
+    logger.info("configuration: %s", json.dumps(config.to_dict()))
+
+    task_info = prepare_task(config)  # data, tokenizer, features; all bad-input errors surface here
+    stages: dict[str, dict] = {}
+    losses: dict[str, list[float]] = {}
+    history = None
+    ticket = None
+    train_cfg = config.train_config(slim=config.method in ("earlybert", "random"))
+    full_steps = math.ceil(config.epochs * steps_per_epoch(len(task_info.train_features), config.train_config(False),
+                                                           accelerator.num_processes))
+
+    model = _seeded_model(config, task_info)
+    full_flops = _linear_flops_per_step(model, task_info, config)
+
+    if config.method == "earlybert":
+        search_done = folder.read_json("search.json")
+        if search_done is None:
+            logger.info("stage: search (gates + L1, early-bird stop)")
+            gates = add_gates(model)
+            per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
+            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience,
+                                      max_steps=config.search_max_steps,
+                                      max_epoch_fraction=config.search_epoch_fraction, steps_per_epoch=per_epoch)
+            tracker = EarlyBird(config.ticket, search_cfg)
+            search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget})
+            result = train_stage(
+                "search", model, task_info.train_features, task_info.collate_tokenizer, search_train,
+                new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
+                extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
+            )
+            ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
+            search_done = {"stage": result.summary(), "losses": result.losses,
+                           "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
+            folder.write_json("ticket.json", ticket.to_dict())
+            folder.write_json("mask_history.json", tracker.to_dict())
+            folder.write_json("search.json", search_done)
+            accelerator.wait_for_everyone()
+            del gates
+        ticket = Ticket.from_dict(folder.read_json("ticket.json"))
+        history = folder.read_json("mask_history.json")
+        stages["search"] = search_done["stage"]
+        losses["search"] = search_done["losses"]
+        logger.info("stage: draw -> %s", ticket.summary())
+        model = _seeded_model(config, task_info)  # restart from the pretrained weights, same head init
+        prune(model, ticket)
+    elif config.method == "random":
+        ticket = _ticket_for_random(model, config)
+        folder.write_json("ticket.json", ticket.to_dict())
+        logger.info("stage: random ticket -> %s", ticket.summary())
+        prune(model, ticket)
+    elif config.method == "layerdrop":
+        add_layerdrop(model, config.layerdrop)
+
+    slim_flops = _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops
+    logger.info("stage: train (%s)", config.method)
+    result = train_stage("train", model, task_info.train_features, task_info.collate_tokenizer, train_cfg,
+                         new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
+    stages["train"] = result.summary()
+    losses["train"] = result.losses
+    if config.method == "layerdrop":
+        remove_layerdrop(model)
+        kept_layers = drop_every_third_layer(model)
+        logger.info("stage: LayerDrop pruning kept layers %s", kept_layers)
+
+    logger.info("stage: evaluate")
+    metrics = evaluate_model(model, task_info, config, new_accelerator())
+    total_step_s = sum(s["step_time_s"] for s in stages.values())
+    # Without a measured full run, the search (the full model plus gates) tells the full model's step time;
+    # its median, since the first steps of a process pay one-off warm-up costs.
+    search_median = stages.get("search", {}).get("median_step_s")
+    full_estimate = search_median * full_steps if search_median else None
+    if config.method == "full":
+        full_estimate = total_step_s
+    search_steps = stages.get("search", {}).get("steps", 0)
+    theoretical = None
+    if config.method in ("earlybert", "random"):
+        theoretical = 1 - (search_steps * full_flops + stages["train"]["steps"] * slim_flops) / (full_steps * full_flops)
+    results = {
+        "method": config.method,
+        "task": task_info.name,
+        "seed": config.seed,
+        "metrics": metrics,
+        "score": metrics[task_info.headline],
+        "headline_metric": task_info.headline,
+        "stages": stages,
+        "total_step_time_s": total_step_s,
+        "wall_time_s": time.perf_counter() - wall_start,
+        "full_run_steps": full_steps,
+        "estimated_full_step_time_s": full_estimate,
+        "fraction_saved_vs_estimated_full": None if not full_estimate else 1 - total_step_s / full_estimate,
+        "theoretical_fraction_saved_flops": theoretical,
+        "linear_flops_per_step": {"full": full_flops, "trained_model": slim_flops},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
+    }
+    if accelerator.is_main_process:
+        model_dir = folder.path / "model"
+        accelerator.unwrap_model(model).save_pretrained(model_dir)
+        task_info.tokenizer.save_pretrained(model_dir)
+        folder.write_json("results.json", results)
+        report.write_run_report(folder.path, config, results, ticket, history, losses)
+    accelerator.wait_for_everyone()
+    logger.info("done: %s %s = %.2f; step time %.1fs", config.method, task_info.headline, results["score"], total_step_s)
+    return results

@@ -1,0 +1,255 @@
+"""One training loop, on accelerate, shared by every stage: the search, slim training, full and LayerDrop baselines.
+
+The search differs only by an extra loss term (the L1 penalty) and a per-step callback (the early-bird
+tracker, which can stop the stage). Each optimizer step is timed from the moment its batch is on the device
+to the end of the optimizer update (synchronised on GPUs): data loading is excluded, as in the paper's
+protocol (Sec. 4.1). Checkpoints are written atomically every `checkpoint_every` steps and hold model,
+optimizer, scheduler, RNG states, data position, timings and the tracker, so a killed run resumes to the
+same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import make_loader
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """One stage's optimisation settings (defaults: the paper's BERT fine-tuning baseline, Sec. 4.1)."""
+
+    epochs: float = 3.0
+    lr: float = 2e-5
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    max_steps: int | None = None  # hard cap on optimizer steps (the search's budget)
+    checkpoint_every: int = 200  # optimizer steps between checkpoints; 0 disables them
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch size and gradient accumulation must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int = 0
+    step_times: list[float] = field(default_factory=list)  # seconds per optimizer step, data loading excluded
+    losses: list[float] = field(default_factory=list)  # task loss (without penalty) per optimizer step
+    stop_reason: str = "completed"
+    wall_s: float = 0.0
+
+    @property
+    def step_time_s(self) -> float:
+        return sum(self.step_times)
+
+    def summary(self) -> dict:
+        return {
+            "steps": self.steps,
+            "step_time_s": self.step_time_s,
+            "mean_step_s": self.step_time_s / max(1, self.steps),
+            "median_step_s": statistics.median(self.step_times) if self.step_times else 0.0,
+            "wall_s": self.wall_s,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def steps_per_epoch(num_examples: int, config: TrainConfig, num_processes: int = 1) -> int:
+    batches = math.ceil(num_examples / (config.batch_size * num_processes))
+    return math.ceil(batches / config.grad_accum)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on biases, LayerNorm and gates (the gates have their own L1 penalty), as in BERT.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused AdamW: one kernel for all parameters, several times faster than the per-tensor loop on CPU and GPU.
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _save_checkpoint(accelerator, directory: Path, progress: dict) -> None:
+    """accelerate's state + our progress, swapped in with renames so a kill never leaves half a checkpoint."""
+    accelerator.wait_for_everyone()
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(progress))
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint (a kill between the two renames leaves only `.old`)."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / "progress.json").exists():
+            return candidate
+    return None
+
+
+def train_stage(
+    name: str,
+    model: nn.Module,
+    features: list[dict],
+    tokenizer,
+    config: TrainConfig,
+    accelerator,
+    *,
+    checkpoint_dir: Path | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_step: Callable[[int, nn.Module], bool] | None = None,
+    tracker=None,
+) -> StageResult:
+    """Train `model` on `features` for `config.epochs` (or `config.max_steps`) optimizer steps.
+
+    extra_loss(unwrapped model) is added to every micro-batch's loss before accelerate divides it by the
+    accumulation steps, so its effective weight does not depend on `grad_accum`. on_step(step, unwrapped
+    model) runs after each optimizer step and returns True to stop the stage. `tracker` (with state_dict /
+    load_state_dict) is checkpointed with the stage. Returns timings and losses; the model is trained in place.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)
+    per_epoch = steps_per_epoch(len(features), config, accelerator.num_processes)
+    total = math.ceil(config.epochs * per_epoch)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer = make_optimizer(model, config, accelerator.device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+
+    result, epoch, batches_done = StageResult(name), 0, 0
+    checkpoint = find_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        result = StageResult(**progress["result"])
+        epoch, batches_done = progress["epoch"], progress["batches_done"]
+        if tracker is not None:
+            tracker.load_state_dict(progress["tracker"])
+        accelerator.print(f"[{name}] resumed at step {result.steps} (epoch {epoch}, batch {batches_done})")
+
+    def progress_state() -> dict:
+        return {
+            "result": asdict(result),
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "tracker": tracker.state_dict() if tracker is not None else None,
+        }
+
+    model.train()
+    wall_start = time.perf_counter() - result.wall_s
+    bar = tqdm(total=total, initial=result.steps, desc=name, disable=not accelerator.is_local_main_process)
+    step_time, step_loss = 0.0, 0.0
+    while result.steps < total and result.stop_reason == "completed":
+        # Each epoch's order comes from its own seed; a resumed run slices off the batches already done (by all
+        # processes: accelerate deals consecutive batches out to the ranks in turn), so it sees exactly the
+        # batches the killed run would have seen.
+        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        start = batches_done * config.batch_size * accelerator.num_processes
+        epoch_features = [features[i] for i in order[start:].tolist()]
+        loader = accelerator.prepare(make_loader(epoch_features, tokenizer, config.batch_size))
+        for batch in loader:
+            _synchronize(accelerator.device)
+            start = time.perf_counter()
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                total_loss = loss if extra_loss is None else loss + extra_loss(raw_model)
+                accelerator.backward(total_loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            _synchronize(accelerator.device)
+            step_time += time.perf_counter() - start
+            step_loss += loss.detach().float().item() / config.grad_accum
+            batches_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            result.steps += 1
+            result.step_times.append(step_time)
+            result.losses.append(step_loss)
+            step_time, step_loss = 0.0, 0.0
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            if on_step is not None and on_step(result.steps, raw_model):
+                result.stop_reason = getattr(tracker, "stop_reason", None) or "stopped"
+            result.wall_s = time.perf_counter() - wall_start
+            if result.steps >= total or result.stop_reason != "completed":
+                break
+            if checkpoint_dir and config.checkpoint_every and result.steps % config.checkpoint_every == 0:
+                _save_checkpoint(accelerator, checkpoint_dir, progress_state())
+        else:
+            epoch, batches_done = epoch + 1, 0
+    bar.close()
+    result.wall_s = time.perf_counter() - wall_start
+    accelerator.print(f"[{name}] {result.steps} steps, {result.step_time_s:.1f}s of step time, stop: {result.stop_reason}")
+    if checkpoint_dir and accelerator.is_main_process:
+        for leftover in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".old")):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, features: list[dict], tokenizer, batch_size: int, accelerator,
+            keys: tuple[str, ...] = ("logits",), pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Model outputs `keys` (and "labels" when the features have them) over `features`, in order, gathered
+    across processes (gather_for_metrics drops the duplicates of uneven sharding). pad_to pads every batch to
+    one length, for outputs that are concatenated along the sequence (QA logits)."""
+    loader = accelerator.prepare(make_loader(features, tokenizer, batch_size, pad_to=pad_to))
+    model.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        labels = batch.pop("labels", None)
+        out = model(**batch)
+        tensors = {k: out[k].float() for k in keys}
+        if labels is not None:
+            tensors["labels"] = labels
+        for k, v in accelerator.gather_for_metrics(tensors).items():
+            collected.setdefault(k, []).append(v.cpu())
+    model.train()
+    return {k: torch.cat(v) for k, v in collected.items()}
