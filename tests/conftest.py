@@ -85,9 +85,7 @@ def write_tiny_encoder(path, family: str = "bert", dropout: float = 0.1):
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    (path / "vocab.txt").unlink()  # the saved tokenizer.json is what loads
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(path)
     config = tiny_config(family, "sdpa")
     config.vocab_size = len(vocab)
     config.max_position_embeddings = 128

@@ -26,7 +26,7 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if not seeds:
         raise ValueError("give at least one seed")
-    root = RunFolder(base.output, resume, overwrite)
+    root = RunFolder(base.output, resume, overwrite).create()
     order = sorted(methods, key=lambda m: m == "random")  # random after earlybert, to copy its ticket's shape
     runs = []
     for seed in seeds:

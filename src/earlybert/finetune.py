@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .archs import config_layer_shapes
 from .flops import count_flops
 from .gates import GateConfig, add_gates, remove_gates, sparsity_penalty
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
@@ -115,14 +116,18 @@ class RunFolder:
     """The run directory: refuses to overwrite without permission, writes every file atomically."""
 
     def __init__(self, path: str | Path, resume: bool, overwrite: bool, is_main: bool = True):
+        """Checks only; nothing is touched until `create()`, so a run that fails on bad input leaves no trace."""
         self.path = Path(path)
         self.is_main = is_main
-        has_content = self.path.exists() and any(self.path.iterdir())
-        if has_content and not (resume or overwrite):
+        self.replace = overwrite and self.path.exists() and any(self.path.iterdir())
+        if self.path.exists() and any(self.path.iterdir()) and not (resume or overwrite):
             raise ValueError(f"run folder {self.path} is not empty; pass --resume to continue it or --overwrite to replace it")
-        if overwrite and has_content and is_main:
+
+    def create(self) -> "RunFolder":
+        if self.replace and self.is_main:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        return self
 
     def write_json(self, name: str, data) -> None:
         if self.is_main:
@@ -195,19 +200,25 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.method == "layerdrop")
 
     def new_accelerator():
+        # cpu=True without a GPU: accelerate then runs torchrun / `accelerate launch` processes as a gloo group
+        # (MULTI_CPU) instead of treating each as a lone process.
         return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum,
-                           kwargs_handlers=[ddp_kwargs])
+                           kwargs_handlers=[ddp_kwargs], cpu=not torch.cuda.is_available())
 
     accelerator = new_accelerator()
     folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
     saved = folder.read_json("config.json")
     if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
         raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
+    if config.method in ("earlybert", "random"):  # impossible ratios for this model's shape fail now, not mid-run
+        heads, ffn = config_layer_shapes(task_info.model_config)
+        draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
+    accelerator.wait_for_everyone()
+    folder.create()
+    accelerator.wait_for_everyone()
     folder.write_json("config.json", config.to_dict())
     logger.info("configuration: %s", json.dumps(config.to_dict()))
-
-    task_info = prepare_task(config)  # data, tokenizer, features; all bad-input errors surface here
     stages: dict[str, dict] = {}
     losses: dict[str, list[float]] = {}
     history = None

@@ -26,6 +26,7 @@ class TaskInfo:
     train_features: list[dict]
     eval_features: dict[str, list[dict]]
     mean_train_length: float
+    model_config: object = None
     task: glue_data.Task | None = None  # classification / regression
     squad_examples: dict[str, list[dict]] = field(default_factory=dict)  # QA: evaluation examples per split
     squad_eval_meta: dict[str, dict] = field(default_factory=dict)  # QA: example ids and offsets per feature
@@ -89,7 +90,9 @@ def prepare_task(config) -> TaskInfo:
     if limit is not None and config.max_length > limit:
         raise ValueError(f"max length {config.max_length} exceeds the model's {limit} position embeddings")
     if config.task == "squad":
-        return _prepare_squad(config, tokenizer)
+        info = _prepare_squad(config, tokenizer)
+        info.model_config = model_config
+        return info
     task_data = _load_classification(config)
     task = task_data.task
     train = glue_data.subsample(task_data.train, config.max_train_samples)
@@ -100,7 +103,8 @@ def prepare_task(config) -> TaskInfo:
         for split, examples in task_data.evals.items()
     }
     mean_length = float(np.mean([len(f["input_ids"]) for f in train_features]))
-    return TaskInfo(task.name, task.metrics[0], tokenizer, train_features, evals, mean_length, task=task)
+    return TaskInfo(task.name, task.metrics[0], tokenizer, train_features, evals, mean_length,
+                    model_config=model_config, task=task)
 
 
 def _squad_paths(config) -> tuple[str, str]:

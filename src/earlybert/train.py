@@ -157,7 +157,10 @@ def train_stage(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     optimizer = make_optimizer(model, config, accelerator.device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    # accelerate steps a prepared scheduler once per process at every optimizer step (its convention for
+    # schedules written for one process), so the schedule is laid out over total * num_processes steps.
+    n = accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total) * n, total * n)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
 

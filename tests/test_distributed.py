@@ -1,0 +1,36 @@
+"""Two CPU processes (gloo, launched with torchrun) draw the same ticket as each other and as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import earlybert as eb
+
+from conftest import write_sst2_like, write_tiny_encoder
+
+
+def test_two_gloo_processes_draw_the_same_ticket_as_one(tmp_path):
+    encoder = write_tiny_encoder(tmp_path / "encoder", dropout=0.0)  # no dropout: 2x4 and 1x8 see the same math
+    data = write_sst2_like(tmp_path / "glue")
+    common = ["finetune", "--model", str(encoder), "--task", "sst2", "--data", str(data), "--epochs", "1",
+              "--earlybert-epochs", "1", "--search-epoch-fraction", "0.75", "--patience", "2", "--lr", "5e-4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    one = subprocess.run([sys.executable, "-m", "earlybert", *common, "--batch-size", "8", "--output",
+                          str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", "-m", "earlybert", *common, "--batch-size", "4", "--output", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    search = json.loads((tmp_path / "two" / "search.json").read_text())
+    assert search["processes"] == 2 and search["ranks_drew_same_ticket"] is True
+    ticket_two = eb.Ticket.load(tmp_path / "two" / "ticket.json")
+    ticket_one = eb.Ticket.load(tmp_path / "one" / "ticket.json")
+    # The same global batches, averaged by DDP instead of in one process: the same coefficients to float noise.
+    for a, b in zip(ticket_two.ffn_scores + ticket_two.head_scores, ticket_one.ffn_scores + ticket_one.head_scores):
+        assert np.allclose(a, b, atol=1e-6, rtol=0)
+    assert (ticket_two.heads, ticket_two.ffn) == (ticket_one.heads, ticket_one.ffn)
+    assert search["stage"]["steps"] == json.loads((tmp_path / "one" / "search.json").read_text())["stage"]["steps"]
