@@ -77,3 +77,20 @@ def test_minilm_draw_prune_save_reload(minilm_dir, sentences, tmp_path):
     with torch.no_grad():
         assert (reloaded(**again).last_hidden_state - pruned).abs().max().item() < 1e-6
     assert eb.Ticket.load(tmp_path / "ticket.json") == ticket
+
+
+def test_minilm_earlybert_finetunes_sst2_slice(minilm_dir, tmp_path):
+    """EarlyBERT end to end on real data: search, draw, slim training from the pretrained weights, evaluation."""
+    from earlybert.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(model=str(minilm_dir), task="sst2", data=str(DATA / "glue"), output=str(tmp_path / "run"),
+                            method="earlybert", max_train_samples=2000, max_eval_samples=400, max_length=64)
+    results = finetune(config)
+    assert results["score"] > 70  # chance is ~50%
+    search = results["stages"]["search"]
+    assert search["steps"] <= 13 and search["stop_reason"] in ("early-bird", "budget")  # 0.2 of 63 steps per epoch
+    assert results["stages"]["train"]["steps"] == 126  # 2 epochs
+    ticket = eb.Ticket.load(tmp_path / "run" / "ticket.json")
+    assert ticket.kept_heads == [8] * 6 and sum(ticket.kept_ffn) == round(0.6 * 6 * 1536)
+    assert 0.45 < results["theoretical_fraction_saved_flops"] < 0.6  # 1 - (0.2 + 2 * ~0.62) / 3
+    assert (tmp_path / "run" / "mask_distance.png").stat().st_size > 10_000
