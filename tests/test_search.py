@@ -94,6 +94,7 @@ def test_record_draws_from_gates_every_n_steps():
     assert stops == [False, False, False, False, True] and tracker.steps == [2, 4, 5]
     assert tracker.stop_reason == "budget"
     assert tracker.ticket.num_heads == [len(g) for g in gates.head]
+    assert tracker.ticket.ffn_scores is not None and tracker.tickets[0].ffn_scores is None  # history keeps masks
 
 
 def test_search_loop_stops_at_the_early_bird_and_moves_the_gates():

@@ -87,6 +87,8 @@ class EarlyBird:
     def add(self, step: int, ticket: Ticket) -> None:
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"steps must increase: got {step} after {self.steps[-1]}")
+        if self.tickets:  # only the newest ticket keeps its coefficients: hundreds of BERT-size copies add up
+            self.tickets[-1].head_scores = self.tickets[-1].ffn_scores = None
         self.steps.append(step)
         self.tickets.append(ticket)
 

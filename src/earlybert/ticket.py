@@ -194,21 +194,18 @@ def _ffn_kept_counts(ffn_scores: list[torch.Tensor], config: TicketConfig) -> li
             raise ValueError(f"layer {layer} has {size} FFN neurons, fewer than min_ffn={config.min_ffn}")
     if config.ffn_scope == "layer":
         return [max(config.min_ffn, size - round(config.ffn_ratio * size)) for size in sizes]
-    # Global: walk all neurons from the smallest |c| up, pruning each unless its layer would drop below
-    # min_ffn, until ffn_ratio of all neurons are gone. Ties break by (layer, index) via the stable sort.
-    total = sum(sizes)
-    to_prune = round(config.ffn_ratio * total)
-    layer_of = torch.cat([torch.full((n,), l) for l, n in enumerate(sizes)])
-    kept = list(sizes)
-    pruned = 0
-    for i in _smallest_first(torch.cat(ffn_scores)).tolist():
-        if pruned == to_prune:
-            break
-        layer = int(layer_of[i])
-        if kept[layer] > config.min_ffn:
-            kept[layer] -= 1
-            pruned += 1
-    return kept
+    # Global: prune the ffn_ratio * total smallest |c| across layers, except that each layer's min_ffn largest
+    # are protected. (Equivalently: walk all neurons from the smallest up, pruning each unless its layer would
+    # drop below min_ffn.) Vectorised because the early-bird tracker draws a ticket at every search step.
+    to_prune = round(config.ffn_ratio * sum(sizes))
+    layer_of = torch.cat([torch.full((n,), layer) for layer, n in enumerate(sizes)])
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    protected = torch.zeros(len(layer_of), dtype=torch.bool)
+    for layer, scores in enumerate(ffn_scores):
+        protected[offsets[layer] + _smallest_first(scores)[len(scores) - config.min_ffn :]] = True
+    order = _smallest_first(torch.cat(ffn_scores))  # ties: lower layer, then lower index, first
+    pruned = order[~protected[order]][:to_prune]
+    return (torch.tensor(sizes) - torch.bincount(layer_of[pruned], minlength=len(sizes))).tolist()
 
 
 def draw_ticket(
