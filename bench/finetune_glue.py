@@ -10,7 +10,7 @@ and LayerDrop (rate 1/3 for 3 epochs, then every third layer removed). Time is t
 
 Seeds run outermost, so an interrupted run still has every task at its first seed. Runs live in
 bench/runs/ (not committed) and are kept: rerunning the command continues where it stopped. The summary goes
-to bench/results/finetune_glue_<device>.json and .md.
+to bench/results/finetune_glue_cpu.json and .md (this script runs on the CPU it finds).
 
 Data: ../shared/data/glue. QNLI has no training file there, so its dev set is split deterministically
 (seed 0): 2,000 pairs for training, the other 3,463 for evaluation; this is not comparable to QNLI results.

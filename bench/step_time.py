@@ -30,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 import earlybert as eb
 from earlybert.archs import layer_shapes
-from earlybert.ticket import atomic_write_text
+from earlybert.ticket import atomic_write_text, random_scores_ticket
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,9 +48,7 @@ def build_model(name: str) -> torch.nn.Module:
 
 def default_ticket(model: torch.nn.Module, seed: int = 0) -> eb.Ticket:
     """A ticket of the paper's fine-tuning shape (1/3 heads per layer, 40% FFN globally) from random scores."""
-    g = torch.Generator().manual_seed(seed)
-    heads, ffn = layer_shapes(model)
-    return eb.draw_ticket([torch.rand(n, generator=g) for n in heads], [torch.rand(n, generator=g) for n in ffn])
+    return random_scores_ticket(*layer_shapes(model), seed=seed)
 
 
 def make_optimizer(model, device: str) -> torch.optim.Optimizer:

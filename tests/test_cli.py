@@ -52,7 +52,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys):
         assert err.startswith("earlybert: error:") and "\n" not in err
         return err
 
-    assert "cannot load a model config" in error_of(["inspect", str(tmp_path / "nope")])
+    assert "cannot load a model from" in error_of(["inspect", str(tmp_path / "nope")])
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("precious")

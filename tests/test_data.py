@@ -13,11 +13,10 @@ DATA = Path(os.environ.get("EARLYBERT_DATA", Path(__file__).resolve().parents[2]
 
 @pytest.mark.realdata
 @pytest.mark.parametrize(
-    "task,n_train,n_dev,first_label",
-    [("cola", 8551, 1043, None), ("sst2", 67349, 872, None), ("mrpc", 3668, 408, None),
-     ("stsb", 5749, 1500, None), ("rte", 2490, 277, None)],
+    "task,n_train,n_dev",
+    [("cola", 8551, 1043), ("sst2", 67349, 872), ("mrpc", 3668, 408), ("stsb", 5749, 1500), ("rte", 2490, 277)],
 )
-def test_real_glue_files_parse_with_their_quirks(task, n_train, n_dev, first_label):
+def test_real_glue_files_parse_with_their_quirks(task, n_train, n_dev):
     loaded = load_glue(TASKS[task], DATA / "glue")
     assert len(loaded.train) == n_train and len(loaded.evals["validation"]) == n_dev
     labels = {e.label for e in loaded.train}

@@ -88,3 +88,25 @@ def test_resume_refuses_a_different_configuration(tiny_encoder, glue_dir, tmp_pa
     finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=1))
     with pytest.raises(ValueError, match="different configuration"):
         finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=2), resume=True)
+
+
+def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tiny_encoder, glue_dir, tmp_path, monkeypatch):
+    reference = finetune(config_for(tiny_encoder, glue_dir, tmp_path / "whole", method="full", batch_size=4,
+                                    grad_accum=2, checkpoint_every=3))
+    assert reference["stages"]["train"]["steps"] == 16  # 64 examples / (4 x 2) per step, 2 epochs
+    real_save = train_module._save_checkpoint
+
+    def save_then_die(accelerator, directory, progress):
+        real_save(accelerator, directory, progress)
+        raise Killed
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    config = config_for(tiny_encoder, glue_dir, tmp_path / "killed", method="full", batch_size=4, grad_accum=2,
+                        checkpoint_every=3)
+    with pytest.raises(Killed):
+        finetune(config)
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = finetune(config, resume=True)
+    assert resumed["metrics"] == reference["metrics"]
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert resumed["stages"]["train"]["steps"] == whole["stages"]["train"]["steps"]

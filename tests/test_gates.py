@@ -102,3 +102,19 @@ def test_unsupported_architecture_names_the_supported_ones():
     with pytest.raises(TypeError, match="not support model type 'gpt2'"):
         get_arch(model)
     assert len(blocks(build("distilbert", eb.slim.AUTO_CLASSES[0]))) == 2
+
+
+def test_a_deep_copy_of_a_gated_model_uses_its_own_gates():
+    import copy
+
+    model = build("bert", eb.slim.AUTO_CLASSES[0])
+    batch = inputs_for(model)
+    eb.add_gates(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for g in eb.get_gates(twin).parameters():
+            g.zero_()
+    assert max_diff(outputs(model, batch), outputs(twin, batch)) > 1e-3  # zeroing the twin's gates acts on the twin only
+    eb.remove_gates(twin)
+    assert not any(m._forward_pre_hooks for m in twin.modules())
+    assert any(m._forward_pre_hooks for m in model.modules())

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,8 +84,34 @@ def test_distance_matrix_is_the_figure_1_data():
     assert np.all(tracker.distance_matrix("heads") == 0)
     with pytest.raises(ValueError, match="steps must increase"):
         tracker.add(5, ticket_keeping(kept[0]))
-    history = tracker.to_dict()
-    assert history["steps"] == [10, 20, 30] and "ffn_scores" not in history["tickets"][0]
+    history = json.loads(json.dumps(tracker.to_dict()))
+    assert history["steps"] == [10, 20, 30] and len(history["ffn_masks"]) == 3
+    restored = EarlyBird()
+    restored.load_state_dict(history)
+    assert np.array_equal(restored.distance_matrix("ffn"), ffn) and restored.ticket == tracker.ticket
+
+
+def test_distance_matrix_agrees_with_pairwise_mask_distance():
+    g = torch.Generator().manual_seed(0)
+    tracker = EarlyBird(search_config=SearchConfig(max_steps=100))
+    for step in range(1, 8):
+        heads = [torch.rand(6, generator=g) for _ in range(3)]
+        ffn = [torch.rand(n, generator=g) for n in (20, 30, 25)]
+        tracker.add(step, eb.draw_ticket(heads, ffn))
+    tickets = []
+    for heads, ffn in zip(tracker.head_masks, tracker.ffn_masks):
+        split_h, split_f = heads.split(tracker.num_heads), ffn.split(tracker.ffn_sizes)
+        tickets.append(Ticket(heads=[m.nonzero().flatten().tolist() for m in split_h],
+                              ffn=[m.nonzero().flatten().tolist() for m in split_f],
+                              num_heads=tracker.num_heads, ffn_sizes=tracker.ffn_sizes))
+    for kind in ("heads", "ffn"):
+        for layer in (None, 0, 2):
+            matrix = tracker.distance_matrix(kind, layer)
+            for i in range(7):
+                for j in range(7):
+                    d = eb.mask_distance(tickets[i], tickets[j])
+                    expected = getattr(d, kind) if layer is None else getattr(d, f"{kind}_per_layer")[layer]
+                    assert matrix[i, j] == pytest.approx(expected, abs=1e-12)
 
 
 def test_record_draws_from_gates_every_n_steps():
@@ -94,10 +122,10 @@ def test_record_draws_from_gates_every_n_steps():
     assert stops == [False, False, False, False, True] and tracker.steps == [2, 4, 5]
     assert tracker.stop_reason == "budget"
     assert tracker.ticket.num_heads == [len(g) for g in gates.head]
-    assert tracker.ticket.ffn_scores is not None and tracker.tickets[0].ffn_scores is None  # history keeps masks
+    assert tracker.ticket.ffn_scores is not None and len(tracker.ffn_masks) == 3  # history keeps masks only
 
 
-def test_search_loop_stops_at_the_early_bird_and_moves_the_gates():
+def test_search_loop_trains_gates_and_stops_within_budget():
     model = build("bert", eb.slim.AUTO_CLASSES[4])  # sequence classification
     gates = eb.add_gates(model)
     batch = {**inputs_for(model), "labels": torch.tensor([0, 1])}
@@ -105,7 +133,7 @@ def test_search_loop_stops_at_the_early_bird_and_moves_the_gates():
     result = eb.search(model, [batch], optimizer, search_config=SearchConfig(max_steps=50, patience=3))
     assert result.history.stop_reason in ("early-bird", "budget")
     assert result.steps == len(result.losses) <= 50
-    assert result.ticket is result.history.tickets[-1]
+    assert result.ticket is result.history.ticket
     assert any((g.detach() != 1).any() for g in gates.parameters())
 
 

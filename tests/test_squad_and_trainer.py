@@ -46,7 +46,7 @@ def test_squad_runs_end_to_end(method, tiny_encoder, tmp_path):
     assert results["stages"]["train"]["steps"] > 8  # 24 questions in windows of 24 tokens: several per question
 
 
-def test_trainer_callback_runs_the_search_and_stops_at_the_early_bird(tiny_encoder, tmp_path):
+def test_trainer_callback_runs_the_search_and_stops_within_its_budget(tiny_encoder, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
@@ -69,6 +69,12 @@ def test_trainer_callback_runs_the_search_and_stops_at_the_early_bird(tiny_encod
     tracker = callback.tracker
     assert tracker.stop_reason in ("early-bird", "budget")
     assert trainer.state.global_step == tracker.steps[-1] <= 40
+    # the default budget: 0.2 epoch, an epoch being the dataloader's 30 batches over 2 accumulation steps = 15
+    default = EarlyBirdCallback(gates)
+    args2 = TrainingArguments(output_dir=str(tmp_path / "t2"), num_train_epochs=0.5, gradient_accumulation_steps=2,
+                              report_to=[], use_cpu=True)
+    default.on_train_begin(args2, None, None, train_dataloader=list(range(30)))
+    assert default.tracker.search_config.budget == 3
     # the L1 gradient pulls every gate towards zero, so the total magnitude falls
     assert sum(g.abs().sum() for g in gates.parameters()) < sum(b.abs().sum() for b in before)
     ticket = tracker.ticket

@@ -119,3 +119,48 @@ def test_mask_distance_is_normalised_hamming():
     assert mask_distance(a, a).heads == mask_distance(a, a).ffn == 0
     with pytest.raises(ValueError, match="differently shaped"):
         mask_distance(a, eb.full_ticket([4], [4]))
+
+
+def greedy_kept_counts(ffn_scores, ratio, min_ffn):
+    """The rule as the paper states it, one neuron at a time: smallest |c| first, never below min_ffn."""
+    sizes = [len(x) for x in ffn_scores]
+    flat = [(abs(v), layer, i) for layer, x in enumerate(ffn_scores) for i, v in enumerate(x.tolist())]
+    kept, pruned, to_prune = list(sizes), 0, int(ratio * sum(sizes) + 0.5)
+    for _, layer, _ in sorted(flat):  # ties: lower layer, then lower index
+        if pruned == to_prune:
+            break
+        if kept[layer] > min_ffn:
+            kept[layer] -= 1
+            pruned += 1
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_global_draw_matches_the_one_at_a_time_rule_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(3, 40, (4,), generator=g).tolist()
+    # few distinct values: many ties, across and within layers; some layers much smaller than others
+    ffn = [torch.randint(-3, 4, (n,), generator=g).float() * (0.1 if layer == 2 else 1.0) for layer, n in enumerate(sizes)]
+    ratio = [0.2, 0.4, 0.7, 0.9][seed % 4]
+    min_ffn = 1 + seed % 3
+    ticket = draw_ticket([torch.ones(2)] * 4, ffn, TicketConfig(head_count=0, ffn_ratio=ratio, min_ffn=min_ffn))
+    assert ticket.kept_ffn == greedy_kept_counts(ffn, ratio, min_ffn)
+    for scores, keep in zip(ffn, ticket.ffn):  # the kept ones are the largest |c| of their layer
+        dropped = sorted(set(range(len(scores))) - set(keep))
+        if dropped:
+            assert scores.abs()[dropped].max() <= scores.abs()[keep].min()
+
+
+def test_global_scope_with_rounding_to_a_multiple():
+    ffn = [torch.arange(1.0, 101.0) * (layer + 1) for layer in range(3)]
+    ticket = draw_ticket([torch.ones(2)] * 3, ffn, TicketConfig(head_count=0, ffn_ratio=0.4, ffn_multiple=32))
+    assert all(k % 32 == 0 or k == 100 for k in ticket.kept_ffn)
+    unrounded = draw_ticket([torch.ones(2)] * 3, ffn, TicketConfig(head_count=0, ffn_ratio=0.4))
+    assert all(abs(a - b) <= 16 for a, b in zip(ticket.kept_ffn, unrounded.kept_ffn))
+
+
+def test_ticket_indices_must_be_integers():
+    with pytest.raises(ValueError, match="must be integers"):
+        Ticket(heads=[[0.0, 1.0]], ffn=[[0]], num_heads=[2], ffn_sizes=[3])
+    with pytest.raises(ValueError, match="must be integers"):
+        Ticket(heads=[[True]], ffn=[[0]], num_heads=[2], ffn_sizes=[3])

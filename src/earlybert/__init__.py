@@ -14,7 +14,16 @@ from .gates import GateConfig, GateSet, add_gates, get_gates, remove_gates, spar
 from .prune import prune
 from .search import EarlyBird, SearchConfig, SearchResult, search
 from .slim import SLIM_CONFIGS, SLIM_MODELS
-from .ticket import MaskDistance, Ticket, TicketConfig, draw_ticket, full_ticket, mask_distance, random_ticket
+from .ticket import (
+    MaskDistance,
+    Ticket,
+    TicketConfig,
+    draw_ticket,
+    full_ticket,
+    mask_distance,
+    random_scores_ticket,
+    random_ticket,
+)
 
 __version__ = "0.1.0"
 
@@ -40,6 +49,7 @@ __all__ = [
     "layer_shapes",
     "mask_distance",
     "prune",
+    "random_scores_ticket",
     "random_ticket",
     "remove_gates",
     "search",

@@ -13,6 +13,8 @@ accumulation. Trainer clips gradients before this event, so the penalty gradient
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import TrainerCallback
 
@@ -30,11 +32,15 @@ class EarlyBirdCallback(TrainerCallback):
         self.ticket_config = ticket_config or TicketConfig()
         self.tracker: EarlyBird | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        # Default budget: 0.2 epoch (the paper's fine-tuning search), known only once Trainer has its dataloader.
-        config = self.search_config or SearchConfig(
-            max_epoch_fraction=0.2, steps_per_epoch=max(1, state.max_steps // max(1, int(args.num_train_epochs)))
-        )
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        # Default budget: 0.2 epoch (the paper's fine-tuning search). An epoch's optimizer steps are counted the
+        # way Trainer counts them: its dataloader's batches over the accumulation steps.
+        config = self.search_config
+        if config is None:
+            if train_dataloader is None:
+                raise ValueError("EarlyBirdCallback needs a search_config when Trainer has no train dataloader")
+            per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+            config = SearchConfig(max_epoch_fraction=0.2, steps_per_epoch=per_epoch)
         self.tracker = EarlyBird(self.ticket_config, config)
 
     @torch.no_grad()

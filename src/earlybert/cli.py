@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from . import __version__
 from .archs import blocks, get_arch, layer_shapes
 from .flops import count_flops
 from .prune import check_ticket_fits, prune
-from .ticket import Ticket, TicketConfig, draw_ticket
+from .ticket import Ticket, TicketConfig, random_scores_ticket
 
 logger = logging.getLogger("earlybert")
 
@@ -33,14 +34,9 @@ class CliError(Exception):
 
 
 def load_config(name_or_path: str):
-    from transformers import AutoConfig
+    from .tasks import load_model_config
 
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
-        raise CliError(f"cannot load a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
-    get_arch(config.model_type)
-    return config
+    return load_model_config(name_or_path)
 
 
 def load_model(name_or_path: str, config=None):
@@ -81,6 +77,8 @@ def cmd_inspect(args) -> int:
     heads, ffn = layer_shapes(model)
     config = model.config
     full_heads, full_ffn = getattr(config, arch.config_num_heads), getattr(config, arch.config_intermediate)
+    if args.seq_len is not None and args.seq_len < 1:
+        raise CliError(f"--seq-len must be >= 1, got {args.seq_len}")
     seq_len = args.seq_len or min(128, _max_seq_len(model))
     flops = count_flops(model, _example_batch(model, 1, seq_len))
     report = {
@@ -101,6 +99,10 @@ def cmd_inspect(args) -> int:
 
 def cmd_prune(args) -> int:
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise CliError(f"output {output} is a file, not a folder")
+    if Path(args.model).exists() and Path(args.model).resolve() == output.resolve():
+        raise CliError("--output must not be the model's own folder")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         raise CliError(f"output directory {output} is not empty; pass --overwrite to replace it")
     # Settings and ticket are checked before the (slow) model load, so bad input fails fast.
@@ -117,18 +119,13 @@ def cmd_prune(args) -> int:
         check_ticket_fits(model_config, ticket)
     model = load_model(args.model, model_config)
     if ticket is None:
-        generator = torch.Generator().manual_seed(args.random_seed)
-        heads, ffn = layer_shapes(model)
-        ticket = draw_ticket(
-            [torch.rand(n, generator=generator) for n in heads],
-            [torch.rand(n, generator=generator) for n in ffn],
-            config,
-        )
-        ticket.config["random_seed"] = args.random_seed
+        ticket = random_scores_ticket(*layer_shapes(model), config, args.random_seed)
     batch = _example_batch(model, 1, min(128, _max_seq_len(model)))
     before = count_flops(model, batch)["linear"]
     prune(model, ticket)
     after = count_flops(model, batch)["linear"]
+    if output.exists():  # --overwrite: nothing stale (an old tokenizer, say) may survive next to the new model
+        shutil.rmtree(output)
     model.save_pretrained(output)
     ticket.save(output / "ticket.json")
     _copy_tokenizer(args.model, output)
@@ -138,14 +135,12 @@ def cmd_prune(args) -> int:
 
 
 def _copy_tokenizer(source: str, output: Path) -> None:
-    from transformers import AutoTokenizer
+    from .tasks import load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
+        load_tokenizer(source).save_pretrained(output)
+    except ValueError:
         logger.warning("no tokenizer found at %s; the slim model was saved without one", source)
-        return
-    tokenizer.save_pretrained(output)
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -177,6 +172,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ffn-l1", type=float, help="lambda for FFN gates (default --l1)")
     p.add_argument("--epsilon", type=float, default=0.1, help="early-bird mask-distance threshold (0.1)")
     p.add_argument("--patience", type=int, default=5, help="early-bird: previous masks to compare with (5)")
+    p.add_argument("--record-every", type=int, help="record a mask every N search steps (default: budget / 40)")
     p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
     p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
     p.add_argument("--ffn-ratio", type=float, default=0.4, help="fraction of FFN neurons pruned (0.4)")
@@ -208,7 +204,7 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
                          ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1),
         ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
                             ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
-        epsilon=args.epsilon, patience=args.patience, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
+        epsilon=args.epsilon, patience=args.patience, record_every=args.record_every, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
         checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
     )
 

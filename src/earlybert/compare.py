@@ -26,7 +26,9 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if not seeds:
         raise ValueError("give at least one seed")
-    root = RunFolder(base.output, resume, overwrite).create()
+    from accelerate import PartialState
+
+    root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process).create()
     order = sorted(methods, key=lambda m: m == "random")  # random after earlybert, to copy its ticket's shape
     runs = []
     for seed in seeds:
@@ -43,12 +45,16 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
                 runs.append(json.loads(results_file.read_text()))
                 continue
             runs.append(finetune(config, resume=run_dir.exists()))
-            _write_table(root, runs)
-    _write_table(root, runs)
+            _write_table(root)
+    _write_table(root)
     return runs
 
 
-def _write_table(root: RunFolder, runs: list[dict]) -> None:
+def _write_table(root: RunFolder) -> None:
+    """The table over every finished run in the folder, this call's and earlier calls' (other seeds) alike."""
+    runs = [json.loads(p.read_text()) for p in sorted(root.path.glob("*-seed*/results.json"))]
+    if not runs or not root.is_main:
+        return
     rows, table = comparison_table(runs)
     root.write_json("comparison.json", {"runs": runs, "rows": rows})
     note = ("Runs were executed one after another on the same machine; time is the per-step protocol's total "

@@ -51,9 +51,9 @@ TASKS: dict[str, Task] = {
     "cola": Task("cola", ("sentence",), "label", BINARY, ("mcc", "accuracy"), "CoLA", header=False,
                  columns=("source", "label", "original_mark", "sentence")),
     "sst2": Task("sst2", ("sentence",), "label", BINARY, ("accuracy",), "SST-2"),
-    "mrpc": Task("mrpc", ("#1 String", "#2 String"), "Quality", BINARY, ("f1", "accuracy"), "MRPC",
+    "mrpc": Task("mrpc", ("#1 String", "#2 String"), "Quality", BINARY, ("accuracy", "f1"), "MRPC",
                  hub_text_columns=("sentence1", "sentence2")),
-    "qqp": Task("qqp", ("question1", "question2"), "is_duplicate", BINARY, ("f1", "accuracy"), "QQP"),
+    "qqp": Task("qqp", ("question1", "question2"), "is_duplicate", BINARY, ("accuracy", "f1"), "QQP"),
     "stsb": Task("stsb", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "STS-B"),
     "mnli": Task("mnli", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
                  ("accuracy",), "MNLI", eval_files={"matched": "dev_matched.tsv", "mismatched": "dev_mismatched.tsv"},
@@ -124,12 +124,13 @@ def _read_json_lines(path: Path) -> list[dict]:
 def _to_examples(rows: list[dict], task: Task, source: str, text_columns: tuple[str, ...] | None = None) -> list[Example]:
     text_columns = text_columns or task.text_columns
     needed = [*text_columns, task.label_column]
-    missing = [c for c in needed if c not in rows[0]]
-    if missing:
-        raise ValueError(f"{source} has no column {missing[0]!r} (columns: {', '.join(map(str, rows[0]))})")
     label_ids = None if task.labels is None else {label: i for i, label in enumerate(task.labels)}
     examples = []
     for i, row in enumerate(rows, start=1):
+        missing = [c for c in needed if c not in row]
+        if missing:  # every row: JSON lines need not share their keys
+            where = f"{source} has no column" if i == 1 else f"{source} row {i} has no column"
+            raise ValueError(f"{where} {missing[0]!r} (columns: {', '.join(map(str, row))})")
         raw = str(row[task.label_column]).strip()
         if label_ids is None:
             try:

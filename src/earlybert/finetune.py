@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from .archs import config_layer_shapes
+from .archs import config_layer_shapes, layer_shapes
 from .flops import count_flops
-from .gates import GateConfig, add_gates, remove_gates, sparsity_penalty
+from .gates import GateConfig, add_gates, sparsity_penalty
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
-from .prune import prune
+from .prune import check_ticket_fits, prune
 from .search import EarlyBird, SearchConfig
-from .ticket import Ticket, TicketConfig, atomic_write_text, draw_ticket, random_ticket
-from .train import TrainConfig, steps_per_epoch, train_stage
+from .ticket import Ticket, TicketConfig, atomic_write_text, draw_ticket, random_scores_ticket, random_ticket
+from .train import TrainConfig, remove_checkpoint, steps_per_epoch, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class FinetuneConfig:
     ticket: TicketConfig = field(default_factory=TicketConfig)
     epsilon: float = 0.1
     patience: int = 5
+    record_every: int | None = None  # record a mask every N search steps; default: budget / 40, at least 1
     ticket_like: str | None = None  # random method: copy the per-layer shape of this ticket.json
     layerdrop: float = 1 / 3
     checkpoint_every: int = 200
@@ -82,19 +83,29 @@ class FinetuneConfig:
         if isinstance(self.ticket, dict):
             self.ticket = TicketConfig(**self.ticket)
         self.text_columns = tuple(self.text_columns)
-        if not 0 < self.search_epoch_fraction:
-            raise ValueError(f"search epoch fraction must be > 0, got {self.search_epoch_fraction}")
         is_squad = self.task == "squad"
-        self.max_length = self.max_length or (384 if is_squad else 128)
-        self.epochs = self.epochs or (2.0 if is_squad else 3.0)
-        self.lr = self.lr or (3e-5 if is_squad else 2e-5)
-        self.earlybert_epochs = self.earlybert_epochs or (self.epochs if is_squad else 2.0)
-        self.lr_scale = self.lr_scale or (1.0 if is_squad else 2.0)
-        for name in ("epochs", "lr", "earlybert_epochs", "lr_scale"):
+        defaults = {"max_length": 384 if is_squad else 128, "epochs": 2.0 if is_squad else 3.0,
+                    "lr": 3e-5 if is_squad else 2e-5, "lr_scale": 1.0 if is_squad else 2.0}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.earlybert_epochs is None:  # SQuAD keeps its default epochs (Sec. 4.2)
+            self.earlybert_epochs = self.epochs if is_squad else 2.0
+        # Everything that can be checked without data is checked here, before a run folder is touched.
+        for name in ("lr_scale", "search_epoch_fraction"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name, low in (("max_length", 8), ("doc_stride", 1), ("max_train_samples", 1), ("max_eval_samples", 1),
+                          ("search_max_steps", 1), ("checkpoint_every", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
         if is_squad and self.doc_stride >= self.max_length:
             raise ValueError(f"doc stride {self.doc_stride} must be smaller than max length {self.max_length}")
+        if not 0 <= self.layerdrop < 1:
+            raise ValueError(f"LayerDrop rate must be in [0, 1), got {self.layerdrop}")
+        self.train_config(slim=False), self.train_config(slim=True)  # validates epochs, lr, batch, accumulation
+        SearchConfig(epsilon=self.epsilon, patience=self.patience, max_steps=1, record_every=self.record_every or 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +130,8 @@ class RunFolder:
         """Checks only; nothing is touched until `create()`, so a run that fails on bad input leaves no trace."""
         self.path = Path(path)
         self.is_main = is_main
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"output {self.path} is a file, not a folder")
         self.replace = overwrite and self.path.exists() and any(self.path.iterdir())
         if self.path.exists() and any(self.path.iterdir()) and not (resume or overwrite):
             raise ValueError(f"run folder {self.path} is not empty; pass --resume to continue it or --overwrite to replace it")
@@ -149,16 +162,10 @@ def _seeded_model(config: FinetuneConfig, task_info):
 
 
 def _ticket_for_random(model, config: FinetuneConfig) -> Ticket:
-    from .archs import layer_shapes
-
-    generator = torch.Generator().manual_seed(config.seed)
-    heads, ffn = layer_shapes(model)
-    drawn = draw_ticket([torch.rand(n, generator=generator) for n in heads],
-                        [torch.rand(n, generator=generator) for n in ffn], config.ticket)
-    like = Ticket.load(config.ticket_like) if config.ticket_like else drawn
-    if like.num_heads != heads or like.ffn_sizes != ffn:
-        raise ValueError("--ticket-like ticket was drawn for a differently shaped model")
-    return random_ticket(like, config.seed)
+    """The random baseline: EarlyBERT's per-layer shape when --ticket-like gives it, else the configured ratios."""
+    if config.ticket_like:
+        return random_ticket(Ticket.load(config.ticket_like), config.seed)
+    return random_scores_ticket(*layer_shapes(model), config.ticket, config.seed)
 
 
 def _broadcast_ticket(ticket: Ticket, accelerator) -> tuple[Ticket, bool]:
@@ -214,6 +221,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     if config.method in ("earlybert", "random"):  # impossible ratios for this model's shape fail now, not mid-run
         heads, ffn = config_layer_shapes(task_info.model_config)
         draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
+        if config.ticket_like:
+            check_ticket_fits(task_info.model_config, Ticket.load(config.ticket_like))
     accelerator.wait_for_everyone()
     folder.create()
     accelerator.wait_for_everyone()
@@ -236,13 +245,14 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
             logger.info("stage: search (gates + L1, early-bird stop)")
             gates = add_gates(model)
             per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
-            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience,
-                                      max_steps=config.search_max_steps,
-                                      max_epoch_fraction=config.search_epoch_fraction, steps_per_epoch=per_epoch)
+            budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
+                                  steps_per_epoch=per_epoch).budget
+            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, max_steps=budget,
+                                      record_every=config.record_every or max(1, budget // 40))
             tracker = EarlyBird(config.ticket, search_cfg)
             search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget})
             result = train_stage(
-                "search", model, task_info.train_features, task_info.collate_tokenizer, search_train,
+                "search", model, task_info.train_features, task_info.tokenizer, search_train,
                 new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
                 extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
             )
@@ -253,6 +263,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
             folder.write_json("mask_history.json", tracker.to_dict())
             folder.write_json("search.json", search_done)
             accelerator.wait_for_everyone()
+            remove_checkpoint(folder.path / "search_checkpoint", accelerator)
             del gates
         ticket = Ticket.from_dict(folder.read_json("ticket.json"))
         history = folder.read_json("mask_history.json")
@@ -271,7 +282,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
 
     slim_flops = _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops
     logger.info("stage: train (%s)", config.method)
-    result = train_stage("train", model, task_info.train_features, task_info.collate_tokenizer, train_cfg,
+    result = train_stage("train", model, task_info.train_features, task_info.tokenizer, train_cfg,
                          new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
     stages["train"] = result.summary()
     losses["train"] = result.losses
@@ -317,6 +328,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         task_info.tokenizer.save_pretrained(model_dir)
         folder.write_json("results.json", results)
         report.write_run_report(folder.path, config, results, ticket, history, losses)
+    remove_checkpoint(folder.path / "train_checkpoint", accelerator)  # only now: results are safely on disk
     accelerator.wait_for_everyone()
     logger.info("done: %s %s = %.2f; step time %.1fs", config.method, task_info.headline, results["score"], total_step_s)
     return results

@@ -12,6 +12,7 @@ with `.to()`, are found by `model.parameters()` (and therefore by optimizers, DD
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -65,22 +66,18 @@ class GateSet(nn.Module):
         return f"heads={[len(g) for g in self.head]}, ffn={[len(g) for g in self.ffn]}"
 
 
-def _head_gate_hook(gate: nn.Parameter, dim: int):
+# The hooks are functools.partial objects over module-level functions, not closures: copy.deepcopy of a gated
+# model then rebinds them to the copy's own gates (a closure would keep pointing at the original's), and
+# torch.save can pickle them.
+def _scale_heads(gate: nn.Parameter, dim: int, module: nn.Module, args: tuple):
     # Input of W^O is (..., heads * head_dim), laid out head-major by every supported family's reshape.
-    def hook(module, args):
-        x = args[0]
-        scale = gate.to(x.dtype).repeat_interleave(dim)
-        return (x * scale, *args[1:])
-
-    return hook
+    x = args[0]
+    return (x * gate.to(x.dtype).repeat_interleave(dim), *args[1:])
 
 
-def _ffn_gate_hook(gate: nn.Parameter):
-    def hook(module, args):
-        x = args[0]
-        return (x * gate.to(x.dtype), *args[1:])
-
-    return hook
+def _scale_neurons(gate: nn.Parameter, module: nn.Module, args: tuple):
+    x = args[0]
+    return (x * gate.to(x.dtype), *args[1:])
 
 
 def add_gates(model: nn.Module) -> GateSet:
@@ -98,8 +95,8 @@ def add_gates(model: nn.Module) -> GateSet:
     d = head_dim(model)
     for block, head_gate, ffn_gate in zip(blocks(model), gates.head, gates.ffn):
         w_o, w_2 = block.get_submodule(arch.attn_output), block.get_submodule(arch.ffn_out)
-        gates._hooks.append(w_o.register_forward_pre_hook(_head_gate_hook(head_gate, d)))
-        gates._hooks.append(w_2.register_forward_pre_hook(_ffn_gate_hook(ffn_gate)))
+        gates._hooks.append(w_o.register_forward_pre_hook(functools.partial(_scale_heads, head_gate, d)))
+        gates._hooks.append(w_2.register_forward_pre_hook(functools.partial(_scale_neurons, ffn_gate)))
     model.add_module(GATES_ATTR, gates)
     return gates
 

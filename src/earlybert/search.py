@@ -9,6 +9,7 @@ the step budget is spent. `search()` is a complete minimal loop built on it, for
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .gates import GateConfig, GateSet, get_gates, sparsity_penalty
-from .ticket import Ticket, TicketConfig, draw_ticket, mask_distance
+from .ticket import Ticket, TicketConfig, draw_ticket
 
 
 @dataclass
@@ -67,14 +68,33 @@ class SearchConfig:
         return min(budgets) if budgets else None
 
 
+def _pack(mask: torch.Tensor) -> str:
+    """A bool mask as base64 of its packed bits: 1/8 byte per unit, so long histories stay small on disk."""
+    return base64.b64encode(np.packbits(mask.numpy()).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, size: int) -> torch.Tensor:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:size]
+    return torch.from_numpy(bits.astype(bool))
+
+
 @dataclass
 class EarlyBird:
-    """Mask history and early-bird stopping for one search."""
+    """Mask history and early-bird stopping for one search.
+
+    The history keeps one bool mask per record (all layers concatenated; heads and FFN apart) rather than
+    tickets: a BERT-base ticket's index lists take ~1 MB of Python objects, its mask 37 kB of bools.
+    Only the newest ticket, the one that is drawn when the search stops, is kept whole.
+    """
 
     ticket_config: TicketConfig = field(default_factory=TicketConfig)
     search_config: SearchConfig = field(default_factory=lambda: SearchConfig(max_steps=1000))
     steps: list[int] = field(default_factory=list)
-    tickets: list[Ticket] = field(default_factory=list)
+    head_masks: list[torch.Tensor] = field(default_factory=list)
+    ffn_masks: list[torch.Tensor] = field(default_factory=list)
+    num_heads: list[int] = field(default_factory=list)  # per-layer sizes of the masks
+    ffn_sizes: list[int] = field(default_factory=list)
+    newest: Ticket | None = None
     stop_reason: str | None = None  # "early-bird" or "budget" once stopped
 
     def record(self, step: int, gates: GateSet | nn.Module) -> bool:
@@ -82,17 +102,25 @@ class EarlyBird:
         if step % self.search_config.record_every == 0 or step >= self.search_config.budget:
             gates = gates if isinstance(gates, GateSet) else get_gates(gates)
             self.add(step, draw_ticket(*gates.scores(), self.ticket_config, step=step))
-        return self.should_stop(step)
+            if self.converged():
+                self.stop_reason = "early-bird"
+        if self.stop_reason is None and step >= self.search_config.budget:
+            self.stop_reason = "budget"
+        return self.stop_reason is not None
 
     def add(self, step: int, ticket: Ticket) -> None:
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"steps must increase: got {step} after {self.steps[-1]}")
-        if self.tickets:  # only the newest ticket keeps its coefficients: hundreds of BERT-size copies add up
-            self.tickets[-1].head_scores = self.tickets[-1].ffn_scores = None
+        if self.steps and (ticket.num_heads, ticket.ffn_sizes) != (self.num_heads, self.ffn_sizes):
+            raise ValueError("all masks of one search must come from the same model shape")
+        self.num_heads, self.ffn_sizes = list(ticket.num_heads), list(ticket.ffn_sizes)
         self.steps.append(step)
-        self.tickets.append(ticket)
+        self.head_masks.append(torch.cat(ticket.head_masks()))
+        self.ffn_masks.append(torch.cat(ticket.ffn_masks()))
+        self.newest = ticket
 
     def should_stop(self, step: int) -> bool:
+        """The rule on the history as it is (for masks added with `add`)."""
         if self.converged():
             self.stop_reason = "early-bird"
         elif step >= self.search_config.budget:
@@ -100,22 +128,22 @@ class EarlyBird:
         return self.stop_reason is not None
 
     def converged(self) -> bool:
+        """The newest mask is within epsilon (strictly) of each of the previous `patience` masks, heads and FFN."""
         k, eps = self.search_config.patience, self.search_config.epsilon
-        if len(self.tickets) <= k:
+        if len(self.steps) <= k:
             return False
-        newest = self.tickets[-1]
-        for previous in self.tickets[-1 - k : -1]:
-            d = mask_distance(newest, previous)
-            if d.heads >= eps or d.ffn >= eps:
+        for masks in (self.head_masks, self.ffn_masks):
+            newest, previous = masks[-1], torch.stack(masks[-1 - k : -1])
+            if ((previous ^ newest).float().mean(dim=1) >= eps).any():
                 return False
         return True
 
     @property
     def ticket(self) -> Ticket:
         """The newest recorded ticket: the one to draw when the search stops."""
-        if not self.tickets:
+        if self.newest is None:
             raise ValueError("no mask recorded yet")
-        return self.tickets[-1]
+        return self.newest
 
     def distance_matrix(self, kind: str = "heads", layer: int | None = None) -> np.ndarray:
         """(n, n) normalised Hamming distances between all recorded masks: the paper's Fig. 1.
@@ -124,28 +152,39 @@ class EarlyBird:
         """
         if kind not in ("heads", "ffn"):
             raise ValueError(f"kind must be 'heads' or 'ffn', got {kind!r}")
-        n = len(self.tickets)
-        out = np.zeros((n, n))
-        for i in range(n):
-            for j in range(i + 1, n):
-                d = mask_distance(self.tickets[i], self.tickets[j])
-                value = getattr(d, kind) if layer is None else getattr(d, f"{kind}_per_layer")[layer]
-                out[i, j] = out[j, i] = value
-        return out
+        masks, sizes = (self.head_masks, self.num_heads) if kind == "heads" else (self.ffn_masks, self.ffn_sizes)
+        if not masks:
+            return np.zeros((0, 0))
+        m = torch.stack(masks).double()
+        if layer is not None:
+            start = sum(sizes[:layer])
+            m = m[:, start : start + sizes[layer]]
+        # Hamming distance of 0/1 vectors by one matrix product: |a| + |b| - 2 a.b
+        counts = m.sum(dim=1)
+        distance = (counts[:, None] + counts[None, :] - 2 * m @ m.T) / m.shape[1]
+        return distance.clamp_min(0).numpy()
 
     def state_dict(self) -> dict:
-        """Everything needed to continue the search after a restart (masks, not coefficients)."""
-        return self.to_dict()
+        """Everything needed to continue the search after a restart, JSON-serialisable and compact."""
+        return {
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+            "num_heads": self.num_heads,
+            "ffn_sizes": self.ffn_sizes,
+            "head_masks": [_pack(m) for m in self.head_masks],
+            "ffn_masks": [_pack(m) for m in self.ffn_masks],
+            "newest": None if self.newest is None else self.newest.to_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = list(state["steps"])
         self.stop_reason = state["stop_reason"]
-        self.tickets = [Ticket.from_dict(t) for t in state["tickets"]]
+        self.num_heads, self.ffn_sizes = list(state["num_heads"]), list(state["ffn_sizes"])
+        self.head_masks = [_unpack(m, sum(self.num_heads)) for m in state["head_masks"]]
+        self.ffn_masks = [_unpack(m, sum(self.ffn_sizes)) for m in state["ffn_masks"]]
+        self.newest = None if state["newest"] is None else Ticket.from_dict(state["newest"])
 
-    def to_dict(self) -> dict:
-        """History without the per-step coefficients (the tickets' masks and steps suffice for Fig. 1)."""
-        tickets = [{k: v for k, v in t.to_dict().items() if not k.endswith("_scores")} for t in self.tickets]
-        return {"steps": self.steps, "stop_reason": self.stop_reason, "tickets": tickets}
+    to_dict = state_dict  # mask_history.json holds exactly the search state
 
 
 @dataclass

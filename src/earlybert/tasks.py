@@ -35,10 +35,6 @@ class TaskInfo:
     def is_squad(self) -> bool:
         return self.task is None
 
-    @property
-    def collate_tokenizer(self):
-        return self.tokenizer
-
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
@@ -49,7 +45,8 @@ def load_tokenizer(name_or_path: str):
         raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
 
 
-def _model_config(name_or_path: str):
+def load_model_config(name_or_path: str):
+    """The config of a supported model; ValueError / TypeError with one clear line otherwise."""
     from transformers import AutoConfig
 
     from .archs import get_arch
@@ -83,7 +80,7 @@ def _load_classification(config) -> glue_data.TaskData:
 
 def prepare_task(config) -> TaskInfo:
     """Read, check and tokenize the run's data. Raises ValueError / TypeError with one clear line on bad input."""
-    model_config = _model_config(config.model)
+    model_config = load_model_config(config.model)
     tokenizer = load_tokenizer(config.model)
     glue_data.check_tokenizer(tokenizer, model_config)
     limit = getattr(model_config, "max_position_embeddings", None)
@@ -145,7 +142,7 @@ def load_model_for(name_or_path: str, info: TaskInfo):
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     if info.is_squad:
-        return AutoModelForQuestionAnswering.from_pretrained(name_or_path)
+        return _from_pretrained(AutoModelForQuestionAnswering, name_or_path)
     task = info.task
     kwargs = {"num_labels": task.num_labels}
     if task.is_regression:
@@ -153,7 +150,17 @@ def load_model_for(name_or_path: str, info: TaskInfo):
     else:
         kwargs["id2label"] = dict(enumerate(task.labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    return AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    return _from_pretrained(AutoModelForSequenceClassification, name_or_path, **kwargs)
+
+
+def _from_pretrained(auto_class, name_or_path: str, **kwargs):
+    # A checkpoint whose head does not fit the task (e.g. an MNLI model for SST-2) or with missing weight files
+    # fails deep inside transformers; say what happened in one line instead.
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, RuntimeError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"cannot load {name_or_path!r} for this task: {first}") from None
 
 
 def evaluate_model(model, info: TaskInfo, config, accelerator) -> dict[str, float]:

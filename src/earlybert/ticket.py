@@ -61,7 +61,8 @@ class TicketConfig:
             raise ValueError(f"ffn_multiple must be >= 1, got {self.ffn_multiple}")
 
     def heads_to_prune(self, num_heads: int) -> int:
-        wanted = self.head_count if self.head_count is not None else round(self.head_ratio * num_heads)
+        # round half up, like the FFN rounding (Python's round() would send 2.5 to 2)
+        wanted = self.head_count if self.head_count is not None else math.floor(self.head_ratio * num_heads + 0.5)
         if wanted > num_heads - self.min_heads:
             raise ValueError(
                 f"cannot prune {wanted} of {num_heads} heads in a layer and keep min_heads={self.min_heads}"
@@ -91,6 +92,8 @@ class Ticket:
             raise ValueError("ticket has inconsistent numbers of layers")
         for kind, kept, sizes in (("head", self.heads, self.num_heads), ("FFN neuron", self.ffn, self.ffn_sizes)):
             for layer, (keep, size) in enumerate(zip(kept, sizes)):
+                if not all(isinstance(i, int) and not isinstance(i, bool) for i in keep):
+                    raise ValueError(f"ticket {kind} indices in layer {layer} must be integers")
                 if not keep:
                     raise ValueError(f"ticket keeps no {kind}s in layer {layer}")
                 if list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= size:
@@ -193,11 +196,11 @@ def _ffn_kept_counts(ffn_scores: list[torch.Tensor], config: TicketConfig) -> li
         if size < config.min_ffn:
             raise ValueError(f"layer {layer} has {size} FFN neurons, fewer than min_ffn={config.min_ffn}")
     if config.ffn_scope == "layer":
-        return [max(config.min_ffn, size - round(config.ffn_ratio * size)) for size in sizes]
+        return [max(config.min_ffn, size - math.floor(config.ffn_ratio * size + 0.5)) for size in sizes]
     # Global: prune the ffn_ratio * total smallest |c| across layers, except that each layer's min_ffn largest
     # are protected. (Equivalently: walk all neurons from the smallest up, pruning each unless its layer would
     # drop below min_ffn.) Vectorised because the early-bird tracker draws a ticket at every search step.
-    to_prune = round(config.ffn_ratio * sum(sizes))
+    to_prune = math.floor(config.ffn_ratio * sum(sizes) + 0.5)
     layer_of = torch.cat([torch.full((n,), layer) for layer, n in enumerate(sizes)])
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
     protected = torch.zeros(len(layer_of), dtype=torch.bool)
@@ -257,6 +260,18 @@ def random_ticket(like: Ticket, seed: int) -> Ticket:
         ffn_sizes=list(like.ffn_sizes),
         config={**like.config, "random_seed": seed},
     )
+
+
+def random_scores_ticket(num_heads: Sequence[int], ffn_sizes: Sequence[int], config: TicketConfig | None = None,
+                         seed: int = 0) -> Ticket:
+    """A ticket drawn by `config` from uniformly random coefficients: a random ticket of the configured ratios
+    (with global FFN pruning the per-layer widths are then left to chance). Use `random_ticket` to copy the
+    exact per-layer shape of another ticket instead."""
+    generator = torch.Generator().manual_seed(seed)
+    ticket = draw_ticket([torch.rand(n, generator=generator) for n in num_heads],
+                         [torch.rand(n, generator=generator) for n in ffn_sizes], config)
+    ticket.config["random_seed"] = seed
+    return ticket
 
 
 def full_ticket(num_heads: Sequence[int], ffn_sizes: Sequence[int]) -> Ticket:

@@ -2,8 +2,8 @@
 
 The search differs only by an extra loss term (the L1 penalty) and a per-step callback (the early-bird
 tracker, which can stop the stage). Each optimizer step is timed from the moment its batch is on the device
-to the end of the optimizer update (synchronised on GPUs): data loading is excluded, as in the paper's
-protocol (Sec. 4.1). Checkpoints are written atomically every `checkpoint_every` steps and hold model,
+to the end of the optimizer update (synchronised on GPUs), plus the per-step callback (the search's
+bookkeeping is part of its cost); data loading is excluded, as in the paper's protocol (Sec. 4.1). Checkpoints are written atomically every `checkpoint_every` steps and hold model,
 optimizer, scheduler, RNG states, data position, timings and the tracker, so a killed run resumes to the
 same result.
 """
@@ -153,14 +153,15 @@ def train_stage(
 
     set_seed(config.seed)
     per_epoch = steps_per_epoch(len(features), config, accelerator.num_processes)
-    total = math.ceil(config.epochs * per_epoch)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    # The learning-rate schedule spans `epochs`; max_steps only cuts the stage short. The search is the start
+    # of an ordinary run that stops early, so its learning rate must not decay to zero within the search.
+    schedule = math.ceil(config.epochs * per_epoch)
+    total = schedule if config.max_steps is None else min(schedule, config.max_steps)
     optimizer = make_optimizer(model, config, accelerator.device)
     # accelerate steps a prepared scheduler once per process at every optimizer step (its convention for
-    # schedules written for one process), so the schedule is laid out over total * num_processes steps.
+    # schedules written for one process), so the schedule is laid out over schedule * num_processes steps.
     n = accelerator.num_processes
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total) * n, total * n)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * schedule) * n, schedule * n)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
 
@@ -186,15 +187,14 @@ def train_stage(
     model.train()
     wall_start = time.perf_counter() - result.wall_s
     bar = tqdm(total=total, initial=result.steps, desc=name, disable=not accelerator.is_local_main_process)
-    step_time, step_loss = 0.0, 0.0
+    step_time, micro_losses = 0.0, []
     while result.steps < total and result.stop_reason == "completed":
-        # Each epoch's order comes from its own seed; a resumed run slices off the batches already done (by all
-        # processes: accelerate deals consecutive batches out to the ranks in turn), so it sees exactly the
-        # batches the killed run would have seen.
+        # Each epoch's order comes from its own seed, and a resumed run skips the batches already done, so it
+        # sees exactly the batches (and, across processes, the same padding of the last one) as the killed run.
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        start = batches_done * config.batch_size * accelerator.num_processes
-        epoch_features = [features[i] for i in order[start:].tolist()]
-        loader = accelerator.prepare(make_loader(epoch_features, tokenizer, config.batch_size))
+        loader = accelerator.prepare(make_loader([features[i] for i in order.tolist()], tokenizer, config.batch_size))
+        if batches_done:
+            loader = accelerator.skip_first_batches(loader, batches_done)
         for batch in loader:
             _synchronize(accelerator.device)
             start = time.perf_counter()
@@ -209,18 +209,22 @@ def train_stage(
                 optimizer.zero_grad(set_to_none=True)
             _synchronize(accelerator.device)
             step_time += time.perf_counter() - start
-            step_loss += loss.detach().float().item() / config.grad_accum
+            micro_losses.append(loss.detach().float().item())
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
             result.steps += 1
-            result.step_times.append(step_time)
-            result.losses.append(step_loss)
-            step_time, step_loss = 0.0, 0.0
-            bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            # on_step is the search's bookkeeping (draw the would-be ticket, test the early-bird rule): part of
+            # the search's cost, so inside its measured time.
+            start = time.perf_counter()
             if on_step is not None and on_step(result.steps, raw_model):
                 result.stop_reason = getattr(tracker, "stop_reason", None) or "stopped"
+            step_time += time.perf_counter() - start
+            result.step_times.append(step_time)
+            result.losses.append(sum(micro_losses) / len(micro_losses))
+            step_time, micro_losses = 0.0, []
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             result.wall_s = time.perf_counter() - wall_start
             if result.steps >= total or result.stop_reason != "completed":
                 break
@@ -231,10 +235,14 @@ def train_stage(
     bar.close()
     result.wall_s = time.perf_counter() - wall_start
     accelerator.print(f"[{name}] {result.steps} steps, {result.step_time_s:.1f}s of step time, stop: {result.stop_reason}")
-    if checkpoint_dir and accelerator.is_main_process:
-        for leftover in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".old")):
-            shutil.rmtree(leftover, ignore_errors=True)
     return result
+
+
+def remove_checkpoint(directory: Path, accelerator) -> None:
+    """Drop a stage's checkpoint; call once the stage's results are safely written elsewhere."""
+    if accelerator.is_main_process:
+        for leftover in (directory, directory.with_name(directory.name + ".old"), directory.with_name(directory.name + ".tmp")):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @torch.no_grad()
