@@ -123,9 +123,13 @@ def _prepare_squad(config, tokenizer) -> TaskInfo:
     train_path, eval_path = _squad_paths(config)
     train_examples = glue_data.subsample(qa.read_squad(train_path), config.max_train_samples)
     eval_examples = glue_data.subsample(qa.read_squad(eval_path), config.max_eval_samples)
-    train = qa.prepare_train_features(train_examples, tokenizer, config.max_length, config.doc_stride)
+    try:
+        train = qa.prepare_train_features(train_examples, tokenizer, config.max_length, config.doc_stride)
+        evaluation = qa.prepare_eval_features(eval_examples, tokenizer, config.max_length, config.doc_stride)
+    except Exception as e:  # the fast tokenizer raises a bare Exception when a question leaves no room for context
+        raise ValueError(f"cannot cut SQuAD windows of {config.max_length} tokens with stride {config.doc_stride}: "
+                         f"{str(e).splitlines()[0]}") from None
     train_features = _columns_to_rows(train)
-    evaluation = qa.prepare_eval_features(eval_examples, tokenizer, config.max_length, config.doc_stride)
     model_inputs = {k: v for k, v in evaluation.items() if k not in ("example_id", "offset_mapping")}
     mean_length = float(np.mean([len(f["input_ids"]) for f in train_features]))
     return TaskInfo("squad", "f1", tokenizer, train_features, {"validation": _columns_to_rows(model_inputs)},
