@@ -228,6 +228,52 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _pair(kind):
+    def parse(text: str):
+        values = [kind(v) for v in text.split(",")]
+        if len(values) == 1:
+            values *= 2
+        if len(values) != 2:
+            raise argparse.ArgumentTypeError(f"give one value or two (phase 1,phase 2), got {text!r}")
+        return tuple(values)
+
+    return parse
+
+
+def cmd_pretrain(args) -> int:
+    from .gates import GateConfig
+    from .pretrain import PretrainConfig, pretrain
+
+    methods = ["full", "earlybert"] if args.method == "compare" else [args.method]
+    results = {}
+    for method in methods:
+        output = Path(args.output) / method if args.method == "compare" else Path(args.output)
+        config = PretrainConfig(
+            config=args.config, tokenizer=args.tokenizer, text=tuple(args.text), output=str(output), method=method,
+            steps=args.steps, phase1_fraction=args.phase1_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+            held_out=args.held_out, search_steps=args.search_steps,
+            gates=GateConfig(head_l1=args.l1, ffn_l1=args.l1),
+            ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
+                                ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
+            epsilon=args.epsilon, patience=args.patience, step_fraction=args.step_fraction, seed=args.seed,
+            checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision, cache_dir=args.cache_dir,
+        )
+        done = output / "results.json"
+        if args.method == "compare" and done.exists() and args.resume:
+            results[method] = json.loads(done.read_text())
+            continue
+        results[method] = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+    summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
+    if len(results) == 2:
+        summary["time_saved"] = 1 - results["earlybert"]["total_step_time_s"] / results["full"]["total_step_time_s"]
+        from .ticket import atomic_write_text
+
+        atomic_write_text(Path(args.output) / "comparison.json", json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
@@ -257,6 +303,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["full", "earlybert", "random", "layerdrop"], default="earlybert")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, or compare both")
+    p.add_argument("--config", required=True, help="bert-base, bert-large, bert-small, or a config.json / folder")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name")
+    p.add_argument("--text", required=True, nargs="+", help="text files or folders of *.txt (blank line = new doc)")
+    p.add_argument("--output", required=True, help="run folder (compare: one subfolder per method)")
+    p.add_argument("--method", choices=["full", "earlybert", "compare"], default="earlybert")
+    p.add_argument("--steps", type=int, default=8601, help="full run's optimizer steps, both phases (8601)")
+    p.add_argument("--phase1-fraction", type=float, default=0.9, help="share of steps at the first length (0.9)")
+    p.add_argument("--seq-len", type=_pair(int), default=(128, 512), help="per phase (128,512)")
+    p.add_argument("--batch-size", type=_pair(int), default=(64, 32), help="per process and micro-batch (64,32)")
+    p.add_argument("--grad-accum", type=_pair(int), default=(1, 1), help="per phase, for large effective batches")
+    p.add_argument("--lr", type=_pair(float), default=(6e-3, 4e-3), help="LAMB peak learning rate per phase")
+    p.add_argument("--warmup-ratio", type=_pair(float), default=(0.2843, 0.128), help="per phase")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--held-out", type=float, default=0.01, help="tail of the text kept for MLM loss (0.01)")
+    p.add_argument("--search-steps", type=int, help="search budget (default 400 x steps / 8601)")
+    p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda (1e-4)")
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
+    p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
+    p.add_argument("--ffn-ratio", type=float, default=0.3, help="fraction of FFN neurons pruned (0.3)")
+    p.add_argument("--ffn-scope", choices=["global", "layer"], default="global")
+    p.add_argument("--ffn-multiple", type=int, default=1)
+    p.add_argument("--step-fraction", type=float, default=0.8, help="EarlyBERT trains this share of steps (0.8)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--cache-dir", help="tokenized-text cache (default: .earlybert-cache beside --output)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("compare", help="several methods and seeds on the same data, one table (paper Table 2)")
     _add_finetune_args(p)

@@ -241,16 +241,20 @@ def encode(examples: list[Example], tokenizer, max_length: int, regression: bool
     ]
 
 
-def make_loader(features: list[dict], tokenizer, batch_size: int, pad_to: int | None = None) -> DataLoader:
-    """Batches in the given order, padded to their longest sequence (or to `pad_to`).
-
-    Shuffling is the caller's: the training loop draws each epoch's order itself, so that it can resume
-    mid-epoch by slicing the same order instead of replaying a sampler's random state.
-    """
+def padding_collator(tokenizer, pad_to: int | None = None):
+    """Batches padded to their longest sequence, or to `pad_to` (for outputs concatenated along the sequence)."""
     from transformers import DataCollatorWithPadding
 
-    collate = DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to)
+    return DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to)
+
+
+def make_loader(dataset, collate_fn, batch_size: int, order: list[int] | None = None) -> DataLoader:
+    """Batches in the given order of indices (default: as stored).
+
+    Shuffling is the caller's: the training loop draws each epoch's order itself, so that a resumed run can
+    skip exactly the batches already done instead of replaying a sampler's random state.
+    """
     # An own generator: creating an iterator otherwise draws a seed from the global RNG, which would shift the
     # dropout masks of a resumed run (it creates one more iterator than the run it continues).
-    return DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate,
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, shuffle=False, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(0))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .archs import config_layer_shapes, layer_shapes
+from .data import padding_collator
 from .flops import count_flops
 from .gates import GateConfig, add_gates, sparsity_penalty
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
@@ -252,7 +253,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
             tracker = EarlyBird(config.ticket, search_cfg)
             search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget})
             result = train_stage(
-                "search", model, task_info.train_features, task_info.tokenizer, search_train,
+                "search", model, task_info.train_features, padding_collator(task_info.tokenizer), search_train,
                 new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
                 extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
             )
@@ -282,7 +283,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
 
     slim_flops = _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops
     logger.info("stage: train (%s)", config.method)
-    result = train_stage("train", model, task_info.train_features, task_info.tokenizer, train_cfg,
+    result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer), train_cfg,
                          new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
     stages["train"] = result.summary()
     losses["train"] = result.losses

@@ -177,15 +177,15 @@ def evaluate_model(model, info: TaskInfo, config, accelerator) -> dict[str, floa
         if info.is_squad:
             from . import qa
 
-            out = predict(model, features, info.tokenizer, config.batch_size, accelerator,
-                          keys=("start_logits", "end_logits"), pad_to=config.max_length)
+            out = predict(model, features, glue_data.padding_collator(info.tokenizer, config.max_length),
+                          config.batch_size, accelerator, keys=("start_logits", "end_logits"))
             meta = info.squad_eval_meta[split]
             predictions = qa.postprocess(info.squad_examples[split], meta, out["start_logits"].numpy(),
                                          out["end_logits"].numpy())
             scores = qa.squad_metrics(predictions, info.squad_examples[split])
             scores = {"exact_match": scores["exact_match"], "f1": scores["f1"]}
         else:
-            out = predict(model, features, info.tokenizer, config.batch_size, accelerator)
+            out = predict(model, features, glue_data.padding_collator(info.tokenizer), config.batch_size, accelerator)
             logits, labels = out["logits"], out["labels"]
             if info.task.is_regression:
                 scores = regression_metrics(logits.squeeze(-1).numpy(), labels.numpy())

@@ -40,7 +40,8 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
-    max_steps: int | None = None  # hard cap on optimizer steps (the search's budget)
+    steps: int | None = None  # the stage's length in optimizer steps, instead of epochs (pre-training phases)
+    max_steps: int | None = None  # hard cap on optimizer steps (the search's budget); the schedule still spans the stage
     checkpoint_every: int = 200  # optimizer steps between checkpoints; 0 disables them
     seed: int = 42
 
@@ -51,6 +52,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch size and gradient accumulation must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -130,8 +133,8 @@ def find_checkpoint(directory: Path) -> Path | None:
 def train_stage(
     name: str,
     model: nn.Module,
-    features: list[dict],
-    tokenizer,
+    dataset,
+    collate_fn: Callable,
     config: TrainConfig,
     accelerator,
     *,
@@ -139,25 +142,28 @@ def train_stage(
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     on_step: Callable[[int, nn.Module], bool] | None = None,
     tracker=None,
+    optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> StageResult:
-    """Train `model` on `features` for `config.epochs` (or `config.max_steps`) optimizer steps.
+    """Train `model` on `dataset` (indexable; batches built by `collate_fn`) for `config.epochs` (or
+    `config.max_steps`) optimizer steps, with a linear schedule over `config.epochs` after warm-up.
 
-    extra_loss(unwrapped model) is added to every micro-batch's loss before accelerate divides it by the
-    accumulation steps, so its effective weight does not depend on `grad_accum`. on_step(step, unwrapped
-    model) runs after each optimizer step and returns True to stop the stage. `tracker` (with state_dict /
-    load_state_dict) is checkpointed with the stage. Returns timings and losses; the model is trained in place.
+    optimizer_fn(model) builds the optimizer (default: AdamW, `make_optimizer`). extra_loss(unwrapped model) is added to every micro-batch's
+    loss before accelerate divides it by the accumulation steps, so its effective weight does not depend on
+    `grad_accum`. on_step(step, unwrapped model) runs after each optimizer step and returns True to stop the
+    stage. `tracker` (with state_dict / load_state_dict) is checkpointed with the stage. Returns timings and
+    losses; the model is trained in place.
     """
     from transformers import get_linear_schedule_with_warmup
 
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
-    per_epoch = steps_per_epoch(len(features), config, accelerator.num_processes)
+    per_epoch = steps_per_epoch(len(dataset), config, accelerator.num_processes)
     # The learning-rate schedule spans `epochs`; max_steps only cuts the stage short. The search is the start
     # of an ordinary run that stops early, so its learning rate must not decay to zero within the search.
-    schedule = math.ceil(config.epochs * per_epoch)
+    schedule = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
     total = schedule if config.max_steps is None else min(schedule, config.max_steps)
-    optimizer = make_optimizer(model, config, accelerator.device)
+    optimizer = optimizer_fn(model) if optimizer_fn else make_optimizer(model, config, accelerator.device)
     # accelerate steps a prepared scheduler once per process at every optimizer step (its convention for
     # schedules written for one process), so the schedule is laid out over schedule * num_processes steps.
     n = accelerator.num_processes
@@ -191,8 +197,8 @@ def train_stage(
     while result.steps < total and result.stop_reason == "completed":
         # Each epoch's order comes from its own seed, and a resumed run skips the batches already done, so it
         # sees exactly the batches (and, across processes, the same padding of the last one) as the killed run.
-        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        loader = accelerator.prepare(make_loader([features[i] for i in order.tolist()], tokenizer, config.batch_size))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        loader = accelerator.prepare(make_loader(dataset, collate_fn, config.batch_size, order.tolist()))
         if batches_done:
             loader = accelerator.skip_first_batches(loader, batches_done)
         for batch in loader:
@@ -246,12 +252,11 @@ def remove_checkpoint(directory: Path, accelerator) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, features: list[dict], tokenizer, batch_size: int, accelerator,
-            keys: tuple[str, ...] = ("logits",), pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Model outputs `keys` (and "labels" when the features have them) over `features`, in order, gathered
-    across processes (gather_for_metrics drops the duplicates of uneven sharding). pad_to pads every batch to
-    one length, for outputs that are concatenated along the sequence (QA logits)."""
-    loader = accelerator.prepare(make_loader(features, tokenizer, batch_size, pad_to=pad_to))
+def predict(model: nn.Module, features, collate_fn: Callable, batch_size: int, accelerator,
+            keys: tuple[str, ...] = ("logits",)) -> dict[str, torch.Tensor]:
+    """Model outputs `keys` (and "labels" when the batches have them) over `features`, in order, gathered
+    across processes (gather_for_metrics drops the duplicates of uneven sharding)."""
+    loader = accelerator.prepare(make_loader(features, collate_fn, batch_size))
     model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     for batch in loader:

@@ -1,0 +1,166 @@
+"""Pre-training data: raw text tokenized once into a flat token file, read back as packed fixed-length sequences.
+
+Tokenizing is streamed (files are read line by line, tokenized in batches with the fast tokenizer, appended to
+disk), so a corpus larger than memory works; the token file is memory-mapped when read. One cache serves
+every sequence length: sequences are cut from the flat stream when read, so phase 1 (128) and phase 2 (512)
+share it. The cache is keyed by the files (path, size, mtime) and the tokenizer's vocabulary, and written
+atomically, so interrupted tokenization never leaves a half cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+TOKEN_DTYPE = np.uint32  # vocabularies beyond 65,535 (RoBERTa: 50,265 fits uint16, others do not)
+
+
+def text_files(paths: list[str]) -> list[Path]:
+    """Files named directly, and every *.txt file under named folders; ValueError when there are none."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.txt") if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"text path {path} does not exist")
+    if not files:
+        raise ValueError(f"no text files found in {', '.join(paths)}")
+    return files
+
+
+def _check_text(path: Path) -> None:
+    head = path.open("rb").read(1 << 16)
+    if not head.strip():
+        raise ValueError(f"text file {path} is empty")
+    if b"\x00" in head:
+        raise ValueError(f"text file {path} looks binary (NUL bytes); give plain UTF-8 text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte character cut at the block's end is fine
+            raise ValueError(f"text file {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def _cache_key(files: list[Path], tokenizer) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines: int = 2000) -> Path:
+    """Token ids of all lines of `files`, each document followed by [SEP], in one flat file; returns its path.
+
+    A blank line ends a document (the layout of the Brown and Wikipedia samples); within a document the lines
+    are concatenated, so packed sequences span sentences as BERT's do.
+    """
+    for f in files:
+        _check_text(f)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"tokens-{_cache_key(files, tokenizer)}.bin"
+    if target.exists():
+        return target
+    tmp = target.with_suffix(".tmp")
+    sep = tokenizer.sep_token_id
+    total = 0
+    with open(tmp, "wb") as out:
+        for f in files:
+            with open(f, encoding="utf-8", errors="replace") as lines:
+                batch: list[str] = []
+                for line in lines:
+                    batch.append(line.strip())
+                    if len(batch) == batch_lines:
+                        total += _write_batch(out, batch, tokenizer, sep)
+                        batch = []
+                total += _write_batch(out, batch + [""], tokenizer, sep)  # a file ends its last document
+    if total == 0:
+        tmp.unlink()
+        raise ValueError("the text files hold no tokens")
+    os.replace(tmp, target)
+    return target
+
+
+def _write_batch(out, lines: list[str], tokenizer, sep: int) -> int:
+    if not lines:
+        return 0
+    ids = tokenizer([l for l in lines if l], add_special_tokens=False)["input_ids"]
+    stream, it = [], iter(ids)
+    for line in lines:
+        if line:
+            stream.extend(next(it))
+        elif stream and stream[-1] != sep:
+            stream.append(sep)  # document boundary
+    np.asarray(stream, dtype=TOKEN_DTYPE).tofile(out)
+    return len(stream)
+
+
+@dataclass
+class PackedSequences(Dataset):
+    """[CLS] + seq_len - 2 tokens + [SEP], cut back to back from a slice of the flat token file."""
+
+    path: Path
+    seq_len: int
+    cls_id: int
+    sep_id: int
+    start: int = 0  # token offset of this split's first sequence
+    stop: int | None = None  # token offset where this split ends
+
+    def __post_init__(self):
+        self.tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")
+        self.stop = len(self.tokens) if self.stop is None else self.stop
+        self.body = self.seq_len - 2
+        if self.body < 1:
+            raise ValueError(f"sequence length {self.seq_len} leaves no room for tokens")
+        self.count = (self.stop - self.start) // self.body
+        if self.count == 0:
+            raise ValueError(f"not enough text for one sequence of {self.seq_len} tokens")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict:
+        begin = self.start + i * self.body
+        body = torch.from_numpy(self.tokens[begin : begin + self.body].astype(np.int64))
+        ids = torch.cat([torch.tensor([self.cls_id]), body, torch.tensor([self.sep_id])])
+        return {"input_ids": ids, "index": i}
+
+
+def split(path: Path, seq_len: int, tokenizer, held_out: float) -> tuple[PackedSequences, PackedSequences]:
+    """(training, held-out) sequences: the held-out slice is the tail of the token stream."""
+    if not 0 < held_out < 1:
+        raise ValueError(f"held-out fraction must be in (0, 1), got {held_out}")
+    n = len(np.memmap(path, dtype=TOKEN_DTYPE, mode="r"))
+    cut = int(n * (1 - held_out))
+    make = lambda a, b: PackedSequences(path, seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id, a, b)  # noqa: E731
+    return make(0, cut), make(cut, n)
+
+
+class SeededMLMCollator:
+    """transformers' MLM collator (15% of tokens; 80% [MASK], 10% random, 10% kept), with masks that depend
+    only on the seed and which sequences form the batch. Masks then survive a resume exactly (accelerate reads
+    one batch ahead, so a global-RNG collator would draw differently after a restart), and full and EarlyBERT
+    runs see the very same masked batches."""
+
+    def __init__(self, tokenizer, seed: int, mlm_probability: float = 0.15):
+        from transformers import DataCollatorForLanguageModeling
+
+        self.seed = seed
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        indices = tuple(int(e["index"]) for e in examples)
+        self.collator.generator = torch.Generator().manual_seed(hash((self.seed, indices)) & 0x7FFF_FFFF_FFFF)
+        self.collator._generator_pid = os.getpid()
+        return self.collator([{"input_ids": e["input_ids"]} for e in examples])

@@ -1,0 +1,349 @@
+"""Efficient pre-training (paper Sec. 3.2 "Efficient-training Stage", 4.3, App. C): MLM from a random init.
+
+`pretrain(config)` trains a BERT-family masked language model from random initial weights theta_0 in two
+phases (9/10 of the steps at sequence length 128, 1/10 at 512; LAMB with warm-up and linear decay, each
+phase with its own batch size and peak learning rate):
+  full       all steps, the whole model;
+  earlybert  gates + L1 search from theta_0 in phase 1 (early-bird rule, at most ~400 steps scaled to the run),
+             draw 1/3 of heads per layer and 30% of FFN neurons globally, reset the weights to theta_0, prune,
+             and train `step_fraction` (80%) of the steps of both phases.
+The MLM loss projects onto the vocabulary only at masked positions, for both methods alike: on a small model
+most of the cost of a full-sequence projection is spent on positions that carry no loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .archs import layer_shapes
+from .gates import GateConfig, add_gates, sparsity_penalty
+from .prune import prune
+from .search import EarlyBird, SearchConfig
+from .ticket import Ticket, TicketConfig, atomic_write_text
+from .train import TrainConfig, remove_checkpoint, train_stage
+
+logger = logging.getLogger(__name__)
+
+PAPER_STEPS = 8601  # the paper's pre-training length; the search budget (400 steps) scales with it
+NAMED_CONFIGS = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+MLM_HEADS = {"bert": "cls", "roberta": "lm_head"}  # the prediction head of each family's *ForMaskedLM
+
+
+@dataclass
+class PretrainConfig:
+    config: str  # a name in NAMED_CONFIGS or a config.json / model folder
+    tokenizer: str
+    text: tuple[str, ...]
+    output: str
+    method: str = "earlybert"
+    steps: int = PAPER_STEPS  # full run's optimizer steps over both phases
+    phase1_fraction: float = 0.9
+    seq_len: tuple[int, int] = (128, 512)
+    batch_size: tuple[int, int] = (64, 32)  # per process and micro-batch; grad_accum scales the effective batch
+    grad_accum: tuple[int, int] = (1, 1)
+    lr: tuple[float, float] = (6e-3, 4e-3)
+    warmup_ratio: tuple[float, float] = (0.2843, 0.128)  # NVIDIA's BERT-LAMB recipe (2000/7038, 200/1563 steps)
+    weight_decay: float = 0.01
+    held_out: float = 0.01  # tail of the token stream kept for MLM loss / perplexity
+    search_steps: int | None = None  # default: round(400 * steps / 8601), at least 1
+    gates: GateConfig = field(default_factory=GateConfig)
+    ticket: TicketConfig = field(default_factory=lambda: TicketConfig(ffn_ratio=0.3))
+    epsilon: float = 0.1
+    patience: int = 5
+    step_fraction: float = 0.8  # EarlyBERT trains this fraction of each phase's steps
+    seed: int = 42
+    checkpoint_every: int = 200
+    mixed_precision: str | None = None
+    cache_dir: str | None = None  # tokenized corpus cache; default: <output>/../.earlybert-cache
+
+    def __post_init__(self):
+        if self.method not in ("full", "earlybert"):
+            raise ValueError(f"unknown pre-training method {self.method!r}; choose full or earlybert")
+        if isinstance(self.gates, dict):
+            self.gates = GateConfig(**self.gates)
+        if isinstance(self.ticket, dict):
+            self.ticket = TicketConfig(**self.ticket)
+        self.text = tuple(self.text)
+        for name in ("seq_len", "batch_size", "grad_accum", "lr", "warmup_ratio"):
+            value = tuple(getattr(self, name))
+            if len(value) != 2:
+                raise ValueError(f"{name} needs one value per phase, got {value}")
+            setattr(self, name, value)
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2 (one per phase), got {self.steps}")
+        if not 0 < self.phase1_fraction < 1:
+            raise ValueError(f"phase1_fraction must be in (0, 1), got {self.phase1_fraction}")
+        if not 0 < self.step_fraction <= 1:
+            raise ValueError(f"step_fraction must be in (0, 1], got {self.step_fraction}")
+        if min(self.seq_len) < 8:
+            raise ValueError(f"sequence lengths must be >= 8, got {self.seq_len}")
+        for phase in (0, 1):
+            self.phase_config(phase, self.steps)  # validates batch sizes, learning rates, warm-up
+        SearchConfig(epsilon=self.epsilon, patience=self.patience, max_steps=1)
+
+    @property
+    def phase_steps(self) -> tuple[int, int]:
+        first = max(1, round(self.steps * self.phase1_fraction))
+        return first, max(1, self.steps - first)
+
+    @property
+    def search_budget(self) -> int:
+        return self.search_steps or max(1, round(400 * self.steps / PAPER_STEPS))
+
+    def phase_config(self, phase: int, steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, lr=self.lr[phase], batch_size=self.batch_size[phase],
+                           grad_accum=self.grad_accum[phase], warmup_ratio=self.warmup_ratio[phase],
+                           weight_decay=self.weight_decay, checkpoint_every=self.checkpoint_every, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MaskedLM(nn.Module):
+    """A *ForMaskedLM model whose loss projects onto the vocabulary only at the masked positions.
+
+    A wrapper rather than a function of the model, so that DDP (through accelerate) wraps this forward and
+    keeps synchronising gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        family = model.config.model_type.removeprefix("earlybert_")
+        if family not in MLM_HEADS:
+            raise TypeError(f"pre-training supports {', '.join(MLM_HEADS)}; got model type {family!r}")
+        self.model = model
+        self.head_name = MLM_HEADS[family]  # looked up, not registered twice: the state dict stays the model's
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        masked = labels != -100
+        logits = getattr(self.model, self.head_name)(hidden[masked])  # (masked tokens, vocab): never the full (batch, length, vocab)
+        loss = nn.functional.cross_entropy(logits.float(), labels[masked])
+        return _Output(loss=loss, count=masked.sum())
+
+
+@dataclass
+class _Output:
+    loss: torch.Tensor
+    count: torch.Tensor
+
+
+def make_lamb(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """LAMB with no weight decay on biases, LayerNorm and gates, as in BERT's recipe."""
+    from .lamb import Lamb
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return Lamb(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6)
+
+
+def build_config(name_or_path: str, vocab_size: int):
+    """A named size (bert-base, bert-large, bert-small) or a config.json / model folder."""
+    from transformers import AutoConfig, BertConfig
+
+    if name_or_path in NAMED_CONFIGS:
+        return BertConfig(vocab_size=vocab_size, **NAMED_CONFIGS[name_or_path])
+    path = Path(name_or_path)
+    try:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            config = AutoConfig.for_model(data.pop("model_type", "bert"), **data)
+        else:
+            config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    if config.model_type not in MLM_HEADS:
+        raise TypeError(f"pre-training supports {', '.join(MLM_HEADS)}; got model type {config.model_type!r}")
+    return config
+
+
+def prepare(config: PretrainConfig):
+    """Tokenizer, model config and data, all checked before anything is written."""
+    from . import mlm_data
+    from .tasks import load_tokenizer
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError("the tokenizer needs [CLS], [SEP] and [MASK] tokens for BERT-style MLM")
+    model_config = build_config(config.config, len(tokenizer))
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the config embeds only "
+                         f"{model_config.vocab_size}: they do not match")
+    limit = model_config.max_position_embeddings - (2 if model_config.model_type == "roberta" else 0)
+    if max(config.seq_len) > limit:
+        raise ValueError(f"sequence length {max(config.seq_len)} exceeds the config's {limit} position embeddings")
+    files = mlm_data.text_files(list(config.text))
+    cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"
+    tokens = mlm_data.tokenize_to_cache(files, tokenizer, cache)
+    phases = [mlm_data.split(tokens, length, tokenizer, config.held_out) for length in config.seq_len]
+    return tokenizer, model_config, phases
+
+
+def _theta0(model_config, seed: int, folder: Path) -> dict:
+    """The random initial weights theta_0, saved once so that a resumed run resets to the very same ones."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForMaskedLM
+
+    path = folder / "theta0.safetensors"
+    if not path.exists():
+        torch.manual_seed(seed)
+        state = AutoModelForMaskedLM.from_config(model_config).state_dict()
+        tmp = path.with_suffix(".tmp")
+        # tied weights share storage; safetensors wants distinct tensors
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))
+        tmp.replace(path)
+    return load_file(str(path))
+
+
+def _model_from(model_config, theta0: dict) -> nn.Module:
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_config(model_config)
+    model.load_state_dict(theta0, strict=False)  # tied decoder weights appear under one name only
+    return model
+
+
+@torch.no_grad()
+def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, accelerator) -> dict[str, float]:
+    from .data import make_loader
+
+    loader = accelerator.prepare(make_loader(dataset, collator, batch_size))
+    model = accelerator.prepare(wrapper)
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        out = model(**batch)
+        total += out.loss.float() * out.count
+        count += out.count
+    total, count = accelerator.reduce(total), accelerator.reduce(count)
+    model.train()
+    loss = (total / count.clamp_min(1)).item()
+    return {"mlm_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Pre-train with `config.method` into `config.output`; returns results.json's content."""
+    from accelerate import Accelerator
+
+    from .finetune import RunFolder, _broadcast_ticket
+    from .mlm_data import SeededMLMCollator
+
+    wall_start = time.perf_counter()
+    mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
+
+    def new_accelerator(phase: int):
+        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum[phase],
+                           cpu=not torch.cuda.is_available())
+
+    accelerator = new_accelerator(0)
+    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
+    saved = folder.read_json("config.json")
+    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
+        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    tokenizer, model_config, phases = prepare(config)
+    accelerator.wait_for_everyone()
+    folder.create()
+    folder.write_json("config.json", config.to_dict())
+    accelerator.wait_for_everyone()
+    theta0 = _theta0(model_config, config.seed, folder.path)
+    collator = SeededMLMCollator(tokenizer, config.seed)
+    stages, ticket = {}, None
+
+    model = _model_from(model_config, theta0)
+
+    if config.method == "earlybert":
+        done = folder.read_json("search.json")
+        if done is None:
+            logger.info("stage: search (gates + L1 from theta_0, phase 1 settings)")
+            add_gates(model)
+            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, max_steps=config.search_budget)
+            tracker = EarlyBird(config.ticket, search_cfg)
+            phase1 = config.phase_config(0, config.phase_steps[0])
+            phase1.max_steps = config.search_budget
+            result = train_stage(
+                "search", MaskedLM(model), phases[0][0], collator, phase1, new_accelerator(0),
+                checkpoint_dir=folder.path / "search_checkpoint",
+                extra_loss=lambda m: sparsity_penalty(m.model, config.gates),
+                on_step=lambda step, m: tracker.record(step, m.model), tracker=tracker,
+                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay),
+            )
+            ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
+            done = {"stage": result.summary(), "losses": result.losses, "ranks_drew_same_ticket": agreed}
+            folder.write_json("ticket.json", ticket.to_dict())
+            folder.write_json("mask_history.json", tracker.to_dict())
+            folder.write_json("search.json", done)
+            accelerator.wait_for_everyone()
+            remove_checkpoint(folder.path / "search_checkpoint", accelerator)
+        ticket = Ticket.from_dict(folder.read_json("ticket.json"))
+        stages["search"] = done["stage"]
+        logger.info("stage: draw -> %s; reset to theta_0", ticket.summary())
+        model = _model_from(model_config, theta0)  # back to the random init, then slim
+        prune(model, ticket)
+
+    fraction = config.step_fraction if config.method == "earlybert" else 1.0
+    wrapper = MaskedLM(model)
+    for phase in (0, 1):
+        name = f"phase{phase + 1}"
+        done = folder.read_json(f"{name}.json")
+        if done is None:
+            steps = max(1, round(config.phase_steps[phase] * fraction))
+            logger.info("stage: %s (%d steps at length %d)", name, steps, config.seq_len[phase])
+            result = train_stage(
+                name, wrapper, phases[phase][0], collator, config.phase_config(phase, steps), new_accelerator(phase),
+                checkpoint_dir=folder.path / f"{name}_checkpoint",
+                optimizer_fn=lambda m, p=phase: make_lamb(m, config.lr[p], config.weight_decay),
+            )
+            done = {"stage": result.summary(), "losses": result.losses}
+            if accelerator.is_main_process:  # the weights after this phase, for a resume in the next one
+                model.save_pretrained(folder.path / f"{name}_model")
+            folder.write_json(f"{name}.json", done)
+            accelerator.wait_for_everyone()
+            remove_checkpoint(folder.path / f"{name}_checkpoint", accelerator)
+        else:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(folder.path / f"{name}_model" / "model.safetensors")), strict=False)
+        stages[name] = done["stage"]
+
+    evaluation = {f"length_{length}": held_out_loss(wrapper, held, collator, config.batch_size[phase], new_accelerator(phase))
+                  for phase, (length, (_, held)) in enumerate(zip(config.seq_len, phases))}
+    total_step_s = sum(s["step_time_s"] for s in stages.values())
+    results = {
+        "method": config.method,
+        "seed": config.seed,
+        "held_out": evaluation,
+        "stages": stages,
+        "total_step_time_s": total_step_s,
+        "wall_time_s": time.perf_counter() - wall_start,
+        "full_run_steps": list(config.phase_steps),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layer_shapes": dict(zip(("heads", "ffn"), layer_shapes(model))),
+        "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
+    }
+    if accelerator.is_main_process:
+        model.save_pretrained(folder.path / "model")
+        tokenizer.save_pretrained(folder.path / "model")
+        folder.write_json("results.json", results)
+        lines = [f"# {config.method} pre-training (seed {config.seed})", "",
+                 "| stage | steps | step time (s) | mean step (s) |", "|---|---|---|---|",
+                 *[f"| {k} | {v['steps']} | {v['step_time_s']:.1f} | {v['mean_step_s']:.3f} |" for k, v in stages.items()],
+                 "", f"Total step time {total_step_s:.1f} s.", "",
+                 *[f"Held-out MLM loss at {k}: {v['mlm_loss']:.4f} (perplexity {v['perplexity']:.1f})"
+                   for k, v in evaluation.items()], ""]
+        atomic_write_text(folder.path / "report.md", "\n".join(lines))
+    accelerator.wait_for_everyone()
+    return results

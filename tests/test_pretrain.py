@@ -1,0 +1,200 @@
+"""Pre-training: packed MLM data, masked-only loss, LAMB against the paper's algorithm, theta_0 reset, resume."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig
+
+import earlybert as eb
+from earlybert import mlm_data, train as train_module
+from earlybert.pretrain import MaskedLM, PretrainConfig, make_lamb, pretrain
+
+from conftest import WORDS, write_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("text")
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(120)]
+    (root / "a.txt").write_text("\n\n".join(docs[:80]) + "\n")
+    (root / "b.txt").write_text("\n\n".join(docs[80:]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "config.json"
+    config = BertConfig(vocab_size=23, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    path.write_text(config.to_json_string())
+    return path
+
+
+def run_config(tiny_encoder, tiny_config_file, corpus, output, **overrides):
+    settings = dict(config=str(tiny_config_file), tokenizer=str(tiny_encoder), text=(str(corpus),),
+                    output=str(output), steps=12, seq_len=(16, 32), batch_size=(8, 4), lr=(1e-3, 1e-3),
+                    warmup_ratio=(0.1, 0.1), held_out=0.1, search_steps=4, patience=2, checkpoint_every=2,
+                    cache_dir=str(output.parent / "cache"))
+    return PretrainConfig(**{**settings, **overrides})
+
+
+def test_packed_sequences_and_cache(tiny_encoder, corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    files = mlm_data.text_files([str(corpus)])
+    path = mlm_data.tokenize_to_cache(files, tokenizer, tmp_path)
+    assert mlm_data.tokenize_to_cache(files, tokenizer, tmp_path) == path  # reused, not rebuilt
+    train, held = mlm_data.split(path, 16, tokenizer, 0.1)
+    item = train[0]["input_ids"]
+    assert len(item) == 16 and item[0] == tokenizer.cls_token_id and item[-1] == tokenizer.sep_token_id
+    assert (item[1:-1] != tokenizer.pad_token_id).all()  # packed: no padding
+    assert len(held) >= 1 and len(train) > 5 * len(held)
+    longer, _ = mlm_data.split(path, 32, tokenizer, 0.1)
+    assert torch.equal(longer[0]["input_ids"][1:15], item[1:15])  # one cache serves every length
+
+
+def test_bad_text_inputs(tmp_path, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    with pytest.raises(ValueError, match="does not exist"):
+        mlm_data.text_files([str(tmp_path / "none")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no text files found"):
+        mlm_data.text_files([str(tmp_path / "empty")])
+    (tmp_path / "blank.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="is empty"):
+        mlm_data.tokenize_to_cache([tmp_path / "blank.txt"], tokenizer, tmp_path / "c")
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02" * 10)
+    with pytest.raises(ValueError, match="looks binary"):
+        mlm_data.tokenize_to_cache([tmp_path / "bin.txt"], tokenizer, tmp_path / "c")
+
+
+def test_masked_only_loss_equals_the_full_projection_loss():
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=4, intermediate_size=37)).eval()
+    ids = torch.randint(5, 50, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    full = model(input_ids=ids, labels=labels).loss
+    masked = MaskedLM(model)(input_ids=ids, labels=labels)
+    assert torch.allclose(masked.loss, full, atol=1e-6) and masked.count == (labels != -100).sum()
+
+
+def reference_lamb_step(p, g, m, v, step, lr, wd, beta1=0.9, beta2=0.999, eps=1e-6):
+    """You et al. 2020, Algorithm 2 (with the trust-ratio clamp at 10 that implementations share)."""
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+    r = m_hat / (v_hat.sqrt() + eps)
+    update = r + wd * p
+    ratio = p.norm().clamp(max=10) / update.norm()
+    return p - lr * ratio * update, m, v
+
+
+def test_lamb_matches_the_papers_algorithm():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    optimizer = make_lamb(layer, lr=0.01, weight_decay=0.1)
+    p = layer.weight.detach().clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for step in range(1, 6):
+        g = torch.randn_like(p)
+        layer.weight.grad, layer.bias.grad = g.clone(), torch.zeros_like(layer.bias)
+        optimizer.step()
+        p, m, v = reference_lamb_step(p, g, m, v, step, lr=0.01, wd=0.1)
+        assert torch.allclose(layer.weight, p, atol=1e-6, rtol=1e-5), step
+
+
+def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tiny_encoder, tiny_config_file, corpus,
+                                                                             tmp_path, monkeypatch):
+    captured = {}
+    real_train_stage = train_module.train_stage
+
+    def spy(name, model, *args, **kwargs):
+        if name == "phase1":  # the slim model before its first step: slices of theta_0, exactly
+            captured["state"] = {k: v.clone() for k, v in model.model.state_dict().items()}
+        return real_train_stage(name, model, *args, **kwargs)
+
+    import earlybert.pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "train_stage", spy)
+    out = tmp_path / "eb"
+    results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, out))
+    ticket = eb.Ticket.load(out / "ticket.json")
+    from safetensors.torch import load_file
+
+    theta0 = load_file(str(out / "theta0.safetensors"))
+    block = "bert.encoder.layer.0."
+    rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in ticket.heads[0]])
+    assert torch.equal(captured["state"][block + "attention.self.query.weight"], theta0[block + "attention.self.query.weight"][rows])
+    assert torch.equal(captured["state"][block + "output.dense.weight"], theta0[block + "output.dense.weight"][:, ticket.ffn[0]])
+    assert torch.equal(captured["state"]["bert.embeddings.word_embeddings.weight"], theta0["bert.embeddings.word_embeddings.weight"])
+    assert results["stages"]["search"]["steps"] <= 4
+    assert results["stages"]["phase1"]["steps"] == round(0.8 * 11) and results["stages"]["phase2"]["steps"] == 1
+    assert sum(ticket.kept_ffn) == 74 - round(0.3 * 74) and ticket.kept_heads == [3, 3]
+    assert results["held_out"]["length_16"]["mlm_loss"] > 0
+    slim = AutoModelForSequenceClassification.from_pretrained(out / "model", num_labels=2)  # hand-off to finetune
+    assert eb.layer_shapes(slim) == (ticket.kept_heads, ticket.kept_ffn)
+
+
+def test_full_pretraining_resumes_to_the_same_loss(tiny_encoder, tiny_config_file, corpus, tmp_path, monkeypatch):
+    whole = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "whole", method="full"))
+    real_save = train_module._save_checkpoint
+    calls = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(accelerator, directory, progress):
+        real_save(accelerator, directory, progress)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    config = run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "killed", method="full")
+    with pytest.raises(Killed):
+        pretrain(config)
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = pretrain(config, resume=True)
+    assert resumed["held_out"] == whole["held_out"]
+    assert json.loads((tmp_path / "killed" / "phase1.json").read_text())["losses"] == \
+        json.loads((tmp_path / "whole" / "phase1.json").read_text())["losses"]
+
+
+def test_bad_pretraining_settings(tiny_encoder, tiny_config_file, corpus, tmp_path):
+    with pytest.raises(ValueError, match="one value per phase"):
+        run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", lr=(1e-3,))
+    with pytest.raises(ValueError, match="ffn_ratio must be in"):
+        run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", ticket=eb.TicketConfig(ffn_ratio=1.0))
+    with pytest.raises(ValueError, match="exceeds the config's 64 position"):
+        pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", seq_len=(16, 128)))
+    small = tmp_path / "small.json"
+    small.write_text(BertConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=8).to_json_string())
+    with pytest.raises(ValueError, match="do not match"):
+        pretrain(run_config(tiny_encoder, small, corpus, tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_compare_runs_both_methods(tiny_encoder, tiny_config_file, corpus, tmp_path, capsys):
+    from earlybert.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["pretrain", "--config", str(tiny_config_file), "--tokenizer", str(tiny_encoder), "--text", str(corpus),
+            "--output", str(out), "--method", "compare", "--steps", "6", "--seq-len", "16,32", "--batch-size", "8,4",
+            "--lr", "1e-3", "--search-steps", "2", "--held-out", "0.1", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    summary = json.loads((out / "comparison.json").read_text())
+    assert set(summary) == {"full", "earlybert", "time_saved"}
+    assert (out / "earlybert" / "ticket.json").exists() and (out / "full" / "model" / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main([*argv[:-2], "--cache-dir", str(tmp_path / "cache"), "--seq-len", "16"]) == 2  # output exists
+    assert "not empty" in capsys.readouterr().err
