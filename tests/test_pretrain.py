@@ -140,6 +140,8 @@ def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tin
     assert results["stages"]["phase1"]["steps"] == round(0.8 * 11) and results["stages"]["phase2"]["steps"] == 1
     assert sum(ticket.kept_ffn) == 74 - round(0.3 * 74) and ticket.kept_heads == [3, 3]
     assert results["held_out"]["length_16"]["mlm_loss"] > 0
+    # 1 - (4 full search steps + 9 slim steps) / 12 full steps, with slim FLOPs a fraction of full
+    assert 0 < results["theoretical_fraction_saved_flops"] < 1 - 4 / 12
     slim = AutoModelForSequenceClassification.from_pretrained(out / "model", num_labels=2)  # hand-off to finetune
     assert eb.layer_shapes(slim) == (ticket.kept_heads, ticket.kept_ffn)
 

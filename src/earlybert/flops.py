@@ -26,9 +26,11 @@ def count_flops(model: nn.Module, batch: dict, backward: bool = True) -> dict[st
     try:
         with torch.random.fork_rng(devices=[]), counter:
             out = model(**batch)
-            if backward:
-                logits = out.logits if getattr(out, "logits", None) is not None else out[0]
-                logits.float().sum().backward()
+            if backward:  # the loss when the batch has labels, else the logits: backward through the whole model
+                target = getattr(out, "loss", None)
+                if target is None:
+                    target = out.logits if getattr(out, "logits", None) is not None else out[0]
+                target.float().sum().backward()
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)

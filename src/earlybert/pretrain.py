@@ -13,6 +13,7 @@ most of the cost of a full-sequence projection is spent on positions that carry 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -212,7 +213,8 @@ def _theta0(model_config, seed: int, folder: Path) -> dict:
 def _model_from(model_config, theta0: dict) -> nn.Module:
     from transformers import AutoModelForMaskedLM
 
-    model = AutoModelForMaskedLM.from_config(model_config)
+    # A copy of the config: from_config shares the object, and pruning turns a model's config slim in place.
+    model = AutoModelForMaskedLM.from_config(copy.deepcopy(model_config))
     model.load_state_dict(theta0, strict=False)  # tied decoder weights appear under one name only
     return model
 
@@ -240,6 +242,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     from accelerate import Accelerator
 
     from .finetune import RunFolder, _broadcast_ticket
+    from .flops import count_flops
     from .mlm_data import SeededMLMCollator
 
     wall_start = time.perf_counter()
@@ -319,6 +322,13 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
             model.load_state_dict(load_file(str(folder.path / f"{name}_model" / "model.safetensors")), strict=False)
         stages[name] = done["stage"]
 
+    # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
+    batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])
+    flops = {"trained_model": count_flops(wrapper, batch)["linear"],
+             "full": count_flops(MaskedLM(_model_from(model_config, theta0)), batch)["linear"]}
+    full_cost = sum(config.phase_steps) * flops["full"]
+    own_cost = stages.get("search", {}).get("steps", 0) * flops["full"] + sum(
+        stages[f"phase{p + 1}"]["steps"] for p in (0, 1)) * flops["trained_model"]
     evaluation = {f"length_{length}": held_out_loss(wrapper, held, collator, config.batch_size[phase], new_accelerator(phase))
                   for phase, (length, (_, held)) in enumerate(zip(config.seq_len, phases))}
     total_step_s = sum(s["step_time_s"] for s in stages.values())
@@ -331,6 +341,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         "wall_time_s": time.perf_counter() - wall_start,
         "full_run_steps": list(config.phase_steps),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "linear_flops_per_phase1_step": flops,
+        "theoretical_fraction_saved_flops": 1 - own_cost / full_cost,
         "layer_shapes": dict(zip(("heads", "ffn"), layer_shapes(model))),
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
     }
