@@ -257,12 +257,13 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     saved = folder.read_json("config.json")
     if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
         raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
-    tokenizer, model_config, phases = prepare(config)
+    with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
+        tokenizer, model_config, phases = prepare(config)
     accelerator.wait_for_everyone()
     folder.create()
     folder.write_json("config.json", config.to_dict())
-    accelerator.wait_for_everyone()
-    theta0 = _theta0(model_config, config.seed, folder.path)
+    with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank
+        theta0 = _theta0(model_config, config.seed, folder.path)
     collator = SeededMLMCollator(tokenizer, config.seed)
     stages, ticket = {}, None
 
