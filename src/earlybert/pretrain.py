@@ -29,7 +29,7 @@ from .gates import GateConfig, add_gates, sparsity_penalty
 from .prune import prune
 from .search import EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig, atomic_write_text
-from .train import TrainConfig, remove_checkpoint, train_stage
+from .train import TrainConfig, decay_groups, remove_checkpoint, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +144,7 @@ def make_lamb(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.O
     """LAMB with no weight decay on biases, LayerNorm and gates, as in BERT's recipe."""
     from .lamb import Lamb
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return Lamb(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6)
+    return Lamb(decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-6)
 
 
 def build_config(name_or_path: str, vocab_size: int):

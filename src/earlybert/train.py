@@ -87,14 +87,18 @@ def steps_per_epoch(num_examples: int, config: TrainConfig, num_processes: int =
     return math.ceil(batches / config.grad_accum)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # No weight decay on biases, LayerNorm and gates (the gates have their own L1 penalty), as in BERT.
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: no weight decay on biases, LayerNorm and gates (the gates have their own L1
+    penalty), as in BERT."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = decay_groups(model, config.weight_decay)
     # fused AdamW: one kernel for all parameters, several times faster than the per-tensor loop on CPU and GPU.
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
