@@ -5,10 +5,11 @@ WordPiece vocabulary, from the MiniLM package) on the same token stream with the
 --steps steps, EarlyBERT for its search plus 80% of them. Then each checkpoint is fine-tuned in full
 (`earlybert finetune --method full`) on SST-2 and RTE, for the downstream comparison of the paper's Table 4.
 
-    python bench/pretrain.py                         # defaults sized for about an hour per method on 2 CPU cores
-    python bench/pretrain.py --steps 200 --quick     # a short look
+    python bench/pretrain.py                  # defaults sized for about an hour (full) on 2 CPU cores
+    python bench/pretrain.py --steps 40 --runs /tmp/look --tasks rte --max-train-samples 200   # a short look
 
-Runs live in bench/runs/pretrain/ and resume where they stopped; results go to bench/results/pretrain_cpu.json
+The two runs are interleaved, --slice steps at a time (each pauses at a checkpoint and resumes), so a drift in
+the shared machine's speed falls on both alike. Runs live in bench/runs/pretrain/ and resume where they stopped; results go to bench/results/pretrain_cpu.json
 and .md. Text: ../shared/data/text/enwiki_sample (train.txt for training; its tail is the held-out slice).
 """
 
@@ -40,7 +41,8 @@ def tokenizer_path() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3000, help="full run's steps over both phases")
+    parser.add_argument("--steps", type=int, default=1000, help="full run's steps over both phases")
+    parser.add_argument("--slice", type=int, default=100, help="steps per method before switching to the other")
     parser.add_argument("--batch-size", default="32,8", help="per phase")
     parser.add_argument("--seq-len", default="128,512", help="per phase")
     parser.add_argument("--lr", default="2e-3,1.5e-3", help="LAMB peak learning rate per phase (small batches)")
@@ -52,16 +54,21 @@ def main() -> None:
     started = time.time()
     runs = Path(args.runs)
     pair = lambda text, kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
-    results = {}
-    for method in ("full", "earlybert"):
+    configs = {method: PretrainConfig(
+        config="bert-small", tokenizer=tokenizer_path(), text=(str(SHARED / "text" / "enwiki_sample" / "train.txt"),),
+        output=str(runs / method), method=method, steps=args.steps, seq_len=pair(args.seq_len, int),
+        batch_size=pair(args.batch_size, int), lr=pair(args.lr, float), checkpoint_every=100,
+        cache_dir=str(runs / "cache")) for method in ("full", "earlybert")}
+    results = {m: json.loads((runs / m / "results.json").read_text()) for m in configs
+               if (runs / m / "results.json").exists()}
+    while len(results) < len(configs):  # interleaved slices until both runs are done
+        for method, config in configs.items():
+            if method not in results:
+                out = pretrain(config, resume=(runs / method).exists(), stop_after=args.slice)
+                if out is not None:
+                    results[method] = out
+    for method in configs:
         out = runs / method
-        config = PretrainConfig(config="bert-small", tokenizer=tokenizer_path(),
-                                text=(str(SHARED / "text" / "enwiki_sample" / "train.txt"),), output=str(out),
-                                method=method, steps=args.steps, seq_len=pair(args.seq_len, int),
-                                batch_size=pair(args.batch_size, int), lr=pair(args.lr, float), checkpoint_every=100,
-                                cache_dir=str(runs / "cache"))
-        done = out / "results.json"
-        results[method] = json.loads(done.read_text()) if done.exists() else pretrain(config, resume=out.exists())
         for task in args.tasks.split(","):
             run = runs / f"{method}-{task}"
             if not (run / "results.json").exists():

@@ -171,6 +171,25 @@ def test_full_pretraining_resumes_to_the_same_loss(tiny_encoder, tiny_config_fil
         json.loads((tmp_path / "whole" / "phase1.json").read_text())["losses"]
 
 
+def test_earlybert_run_in_slices_equals_one_uninterrupted_run(tiny_encoder, tiny_config_file, corpus, tmp_path):
+    whole = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "whole", patience=10))
+    config = run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "sliced", patience=10)
+    slices, result = 0, None
+    while result is None:  # 3 steps at a time: pauses inside the search, inside phase 1, and at stage ends
+        result = pretrain(config, resume=slices > 0, stop_after=3)
+        slices += 1
+    assert slices == 5  # 4 search + 9 + 1 phase steps = 14 steps
+    assert eb.Ticket.load(tmp_path / "sliced" / "ticket.json").to_dict() == \
+        eb.Ticket.load(tmp_path / "whole" / "ticket.json").to_dict()
+    for stage in ("search", "phase1", "phase2"):
+        assert json.loads((tmp_path / "sliced" / f"{stage}.json").read_text())["losses"] == \
+            json.loads((tmp_path / "whole" / f"{stage}.json").read_text())["losses"]
+    assert result["held_out"] == whole["held_out"]
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "never"), stop_after=0)
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_pretraining_settings(tiny_encoder, tiny_config_file, corpus, tmp_path):
     with pytest.raises(ValueError, match="one value per phase"):
         run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", lr=(1e-3,))

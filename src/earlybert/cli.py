@@ -263,7 +263,11 @@ def cmd_pretrain(args) -> int:
         if args.method == "compare" and done.exists() and args.resume:
             results[method] = json.loads(done.read_text())
             continue
-        results[method] = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+        results[method] = pretrain(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after_steps)
+    paused = [m for m, r in results.items() if r is None]
+    if paused:  # with compare, each method ran a slice: calling again interleaves the two runs
+        print(f"paused ({', '.join(paused)}) after {args.stop_after_steps} steps; run again with --resume to continue")
+        return 0
     summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
     if len(results) == 2:
         summary["time_saved"] = 1 - results["earlybert"]["total_step_time_s"] / results["full"]["total_step_time_s"]
@@ -333,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--cache-dir", help="tokenized-text cache (default: .earlybert-cache beside --output)")
+    p.add_argument("--stop-after-steps", type=int, help="pause (checkpoint and exit 0) after this many steps; "
+                   "--resume continues. With compare, each method runs a slice: repeated calls interleave them")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_pretrain)

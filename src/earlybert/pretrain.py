@@ -29,7 +29,7 @@ from .gates import GateConfig, add_gates, sparsity_penalty
 from .prune import prune
 from .search import EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig, atomic_write_text
-from .train import TrainConfig, decay_groups, remove_checkpoint, train_stage
+from .train import Paused, StepBudget, TrainConfig, decay_groups, remove_checkpoint, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -232,38 +232,12 @@ def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, acceler
     return {"mlm_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Pre-train with `config.method` into `config.output`; returns results.json's content."""
-    from accelerate import Accelerator
+def _train_stages(config, folder, accelerator, new_accelerator, phases, collator, model_config, theta0, budget):
+    """The search (EarlyBERT only) and both phases, each skipped when its results are already in the folder."""
+    from .finetune import _broadcast_ticket
 
-    from .finetune import RunFolder, _broadcast_ticket
-    from .flops import count_flops
-    from .mlm_data import SeededMLMCollator
-
-    wall_start = time.perf_counter()
-    mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
-
-    def new_accelerator(phase: int):
-        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum[phase],
-                           cpu=not torch.cuda.is_available())
-
-    accelerator = new_accelerator(0)
-    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    saved = folder.read_json("config.json")
-    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
-        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
-    with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
-        tokenizer, model_config, phases = prepare(config)
-    accelerator.wait_for_everyone()
-    folder.create()
-    folder.write_json("config.json", config.to_dict())
-    with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank
-        theta0 = _theta0(model_config, config.seed, folder.path)
-    collator = SeededMLMCollator(tokenizer, config.seed)
     stages, ticket = {}, None
-
     model = _model_from(model_config, theta0)
-
     if config.method == "earlybert":
         done = folder.read_json("search.json")
         if done is None:
@@ -278,7 +252,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
                 checkpoint_dir=folder.path / "search_checkpoint",
                 extra_loss=lambda m: sparsity_penalty(m.model, config.gates),
                 on_step=lambda step, m: tracker.record(step, m.model), tracker=tracker,
-                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay),
+                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay), budget=budget,
             )
             ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
             done = {"stage": result.summary(), "losses": result.losses, "ranks_drew_same_ticket": agreed}
@@ -304,7 +278,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
             result = train_stage(
                 name, wrapper, phases[phase][0], collator, config.phase_config(phase, steps), new_accelerator(phase),
                 checkpoint_dir=folder.path / f"{name}_checkpoint",
-                optimizer_fn=lambda m, p=phase: make_lamb(m, config.lr[p], config.weight_decay),
+                optimizer_fn=lambda m, p=phase: make_lamb(m, config.lr[p], config.weight_decay), budget=budget,
             )
             done = {"stage": result.summary(), "losses": result.losses}
             if accelerator.is_main_process:  # the weights after this phase, for a resume in the next one
@@ -317,6 +291,51 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
 
             model.load_state_dict(load_file(str(folder.path / f"{name}_model" / "model.safetensors")), strict=False)
         stages[name] = done["stage"]
+
+    return stages, ticket, model, wrapper
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False,
+             stop_after: int | None = None) -> dict | None:
+    """Pre-train with `config.method` into `config.output`; returns results.json's content.
+
+    stop_after: run at most this many optimizer steps (search and phases together) in this call, then checkpoint
+    and return None; calling again with resume=True continues exactly where it stopped."""
+    from accelerate import Accelerator
+
+    from .finetune import RunFolder
+    from .flops import count_flops
+    from .mlm_data import SeededMLMCollator
+
+    wall_start = time.perf_counter()
+    budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
+    mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
+
+    def new_accelerator(phase: int):
+        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum[phase],
+                           cpu=not torch.cuda.is_available())
+
+    accelerator = new_accelerator(0)
+    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
+    saved = folder.read_json("config.json")
+    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
+        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
+        tokenizer, model_config, phases = prepare(config)
+    accelerator.wait_for_everyone()
+    folder.create()
+    folder.write_json("config.json", config.to_dict())
+    with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank
+        theta0 = _theta0(model_config, config.seed, folder.path)
+    collator = SeededMLMCollator(tokenizer, config.seed)
+    try:
+        stages, ticket, model, wrapper = _train_stages(config, folder, accelerator, new_accelerator, phases,
+                                                       collator, model_config, theta0, budget)
+    except Paused as paused:
+        logger.info("paused in %s after %d steps; resume to continue", paused, stop_after)
+        accelerator.wait_for_everyone()
+        return None
+
 
     # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
     batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])

@@ -58,6 +58,27 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
+class Paused(Exception):
+    """Raised once a `StepBudget` is spent: the stage's checkpoint is written, a resumed run continues from it."""
+
+
+class StepBudget:
+    """At most `steps` optimizer steps in this call, across stages; then the run pauses (`Paused`).
+
+    Lets a long run be cut into slices: to fit a scheduler's time limit, or to interleave two runs on one
+    machine so both see the same drift in its speed (bench/pretrain.py)."""
+
+    def __init__(self, steps: int):
+        if steps < 1:
+            raise ValueError(f"a step budget must be >= 1, got {steps}")
+        self.left = steps
+
+    def spend(self) -> bool:
+        """Count one step; True once the budget is spent."""
+        self.left -= 1
+        return self.left <= 0
+
+
 @dataclass
 class StageResult:
     name: str
@@ -147,6 +168,7 @@ def train_stage(
     on_step: Callable[[int, nn.Module], bool] | None = None,
     tracker=None,
     optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    budget: StepBudget | None = None,
 ) -> StageResult:
     """Train `model` on `dataset` (indexable; batches built by `collate_fn`) for `config.epochs` (or
     `config.max_steps`) optimizer steps, with a linear schedule over `config.epochs` after warm-up.
@@ -155,12 +177,16 @@ def train_stage(
     loss before accelerate divides it by the accumulation steps, so its effective weight does not depend on
     `grad_accum`. on_step(step, unwrapped model) runs after each optimizer step and returns True to stop the
     stage. `tracker` (with state_dict / load_state_dict) is checkpointed with the stage. Returns timings and
-    losses; the model is trained in place.
+    losses; the model is trained in place. Once `budget` is spent the stage checkpoints and raises `Paused`.
     """
     from transformers import get_linear_schedule_with_warmup
 
     from accelerate.utils import set_seed
 
+    if budget is not None and checkpoint_dir is None:
+        raise ValueError("a stage can pause only with a checkpoint directory to resume from")
+    if budget is not None and budget.left <= 0:
+        raise Paused(name)
     set_seed(config.seed)
     per_epoch = steps_per_epoch(len(dataset), config, accelerator.num_processes)
     # The learning-rate schedule spans `epochs`; max_steps only cuts the stage short. The search is the start
@@ -236,10 +262,14 @@ def train_stage(
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             result.wall_s = time.perf_counter() - wall_start
+            spent = budget is not None and budget.spend()
             if result.steps >= total or result.stop_reason != "completed":
                 break
-            if checkpoint_dir and config.checkpoint_every and result.steps % config.checkpoint_every == 0:
+            if spent or (checkpoint_dir and config.checkpoint_every and result.steps % config.checkpoint_every == 0):
                 _save_checkpoint(accelerator, checkpoint_dir, progress_state())
+            if spent:
+                bar.close()
+                raise Paused(name)
         else:
             epoch, batches_done = epoch + 1, 0
     bar.close()
