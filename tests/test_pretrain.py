@@ -219,3 +219,21 @@ def test_cli_compare_runs_both_methods(tiny_encoder, tiny_config_file, corpus, t
     capsys.readouterr()
     assert main([*argv[:-2], "--cache-dir", str(tmp_path / "cache"), "--seq-len", "16"]) == 2  # output exists
     assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_compare_interleaves_slices_with_stop_after_steps(tiny_encoder, tiny_config_file, corpus, tmp_path, capsys):
+    from earlybert.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["pretrain", "--config", str(tiny_config_file), "--tokenizer", str(tiny_encoder), "--text", str(corpus),
+            "--output", str(out), "--method", "compare", "--steps", "6", "--seq-len", "16,32", "--batch-size", "8,4",
+            "--lr", "1e-3", "--search-steps", "2", "--held-out", "0.1", "--cache-dir", str(tmp_path / "cache"),
+            "--stop-after-steps", "4"]
+    assert main(argv) == 0
+    assert "paused (full, earlybert) after 4 steps" in capsys.readouterr().out
+    assert not (out / "comparison.json").exists() and (out / "full" / "phase1_checkpoint").exists()
+    assert main([*argv, "--resume"]) == 0  # full: 2 steps left, EarlyBERT 3 (2 + 4 + 1 in all): both finish
+    summary = json.loads((out / "comparison.json").read_text())
+    assert set(summary) == {"full", "earlybert", "time_saved"}
+    full = json.loads((out / "full" / "results.json").read_text())
+    assert [full["stages"][s]["steps"] for s in ("phase1", "phase2")] == [5, 1]

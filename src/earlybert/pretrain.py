@@ -255,7 +255,8 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
                 optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay), budget=budget,
             )
             ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
-            done = {"stage": result.summary(), "losses": result.losses, "ranks_drew_same_ticket": agreed}
+            done = {"stage": result.summary(), "losses": result.losses, "processes": accelerator.num_processes,
+                    "ranks_drew_same_ticket": agreed}
             folder.write_json("ticket.json", ticket.to_dict())
             folder.write_json("mask_history.json", tracker.to_dict())
             folder.write_json("search.json", done)

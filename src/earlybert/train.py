@@ -245,7 +245,7 @@ def train_stage(
                 optimizer.zero_grad(set_to_none=True)
             _synchronize(accelerator.device)
             step_time += time.perf_counter() - start
-            micro_losses.append(loss.detach().float().item())
+            micro_losses.append(loss.detach().float())
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
@@ -257,7 +257,8 @@ def train_stage(
                 result.stop_reason = getattr(tracker, "stop_reason", None) or "stopped"
             step_time += time.perf_counter() - start
             result.step_times.append(step_time)
-            result.losses.append(sum(micro_losses) / len(micro_losses))
+            # the step's loss over all processes (each logs the same number), not rank 0's share of the batch
+            result.losses.append(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean").item())
             step_time, micro_losses = 0.0, []
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
