@@ -95,7 +95,9 @@ def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines
 def _write_batch(out, lines: list[str], tokenizer, sep: int) -> int:
     if not lines:
         return 0
-    ids = tokenizer([l for l in lines if l], add_special_tokens=False)["input_ids"]
+    # verbose=False: lines longer than the model's length are expected here (they are cut when packed), so
+    # transformers' "sequence length is longer than the specified maximum" warning would only mislead.
+    ids = tokenizer([l for l in lines if l], add_special_tokens=False, verbose=False)["input_ids"]
     stream, it = [], iter(ids)
     for line in lines:
         if line:
