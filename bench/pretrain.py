@@ -20,7 +20,6 @@ import json
 import logging
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -51,7 +50,6 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE / "runs" / "pretrain"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    started = time.time()
     runs = Path(args.runs)
     pair = lambda text, kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
     configs = {method: PretrainConfig(
@@ -76,22 +74,79 @@ def main() -> None:
                                         method="full", max_train_samples=args.max_train_samples),
                          resume=run.exists())
             results[method][f"downstream_{task}"] = json.loads((run / "results.json").read_text())["score"]
+    write_results(results, args.tasks.split(","), pair(args.seq_len, int), runs)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def loss_plot(results: dict, path: Path) -> None:
+    """Training MLM loss against cumulative step time: the time-to-loss view of the saving."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method, result in results.items():
+        times, losses, clock = [], [], 0.0
+        for stage in result["stages"]:
+            stage_file = json.loads((path.parent / method / f"{stage}.json").read_text())
+            # per-step times where the run kept them, else each step at its stage's mean
+            steps = stage_file.get("step_times") or [stage_file["stage"]["mean_step_s"]] * len(stage_file["losses"])
+            for step_time, loss in zip(steps, stage_file["losses"]):
+                clock += step_time
+                times.append(clock / 60)
+                losses.append(loss)
+        ax.plot(times, losses, label=method, lw=0.8)
+    ax.set_xlabel("cumulative step time (min), search included")
+    ax.set_ylabel("training MLM loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], runs: Path) -> None:
     full, eb = results["full"], results["earlybert"]
     saved = 1 - eb["total_step_time_s"] / full["total_step_time_s"]
-    tasks = args.tasks.split(",")
-    mean = {m: sum(results[m][f"downstream_{t}"] for t in tasks) / len(tasks) for m in results}
-    summary = {"command": "python " + " ".join(sys.argv), "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                         if line.startswith("model name")), platform.processor()),
-               "threads": torch.get_num_threads(), "torch": torch.__version__}, "time_saved": saved,
-               "downstream_mean": mean, "results": results, "elapsed_s": time.time() - started}
+    mean = {m: sum(r[f"downstream_{t}"] for t in tasks) / len(tasks) for m, r in results.items()}
+    slim_ratio = eb["stages"]["phase1"]["median_step_s"] / full["stages"]["phase1"]["median_step_s"]
+    summary = {"command": "python " + " ".join(sys.argv), "machine": machine(), "time_saved": saved,
+               "phase1_median_step_ratio_slim_over_full": slim_ratio, "downstream_mean": mean, "results": results}
     atomic_write_text(HERE / "results" / "pretrain_cpu.json", json.dumps(summary, indent=1))
-    lines = ["# Pre-training: full vs EarlyBERT (small BERT, CPU)", "", f"Command: `{summary['command']}`", "",
-             "| method | step time (s) | held-out MLM loss (128) | " + " | ".join(tasks) + " | mean |",
-             "|---|---|---|" + "---|" * (len(tasks) + 1)]
-    for m, r in results.items():
-        lines.append(f"| {m} | {r['total_step_time_s']:.0f} | {r['held_out']['length_' + str(pair(args.seq_len, int)[0])]['mlm_loss']:.3f} | "
-                     + " | ".join(f"{r[f'downstream_{t}']:.2f}" for t in tasks) + f" | {mean[m]:.2f} |")
-    lines += ["", f"Time saved by EarlyBERT (search included): {saved:.1%}.", ""]
+    loss_plot(results, runs / "loss.png")
+    m = summary["machine"]
+    lines = ["# Pre-training: full vs EarlyBERT (small BERT from scratch, CPU)", "",
+             f"Command: `{summary['command']}`  ",
+             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, fp32  ",
+             "Model: BERT 6 layers, hidden 384, 12 heads, FFN 1536, bert-base-uncased vocabulary; text: "
+             "../shared/data/text/enwiki_sample/train.txt (held-out: its last 1% of tokens). The two runs were "
+             "interleaved in slices (see the script), so both saw the same machine.", "",
+             "| method | stage | steps | median step (s) | step time (s) |", "|---|---|---|---|---|"]
+    for method, r in results.items():
+        for stage, st in r["stages"].items():
+            lines.append(f"| {method} | {stage} | {st['steps']} | {st['median_step_s']:.3f} | {st['step_time_s']:.0f} |")
+        lines.append(f"| {method} | **total** | {sum(st['steps'] for st in r['stages'].values())} | | "
+                     f"**{r['total_step_time_s']:.0f}** |")
+    lines += ["", "| method | held-out MLM loss @" + f" | held-out MLM loss @".join(str(n) for n in seq_len)
+              + " | " + " | ".join(f"{t} (full fine-tuning)" for t in tasks) + " | mean |",
+              "|---|" + "---|" * (len(seq_len) + len(tasks) + 1)]
+    for method, r in results.items():
+        losses = " | ".join(f"{r['held_out'][f'length_{n}']['mlm_loss']:.3f}" for n in seq_len)
+        scores = " | ".join(f"{r[f'downstream_{t}']:.2f}" for t in tasks)
+        lines.append(f"| {method} | {losses} | {scores} | {mean[method]:.2f} |")
+    lines += ["", f"Time saved by EarlyBERT (total step time, search included): **{saved:.1%}** "
+              f"(theoretical from linear-layer FLOPs: {eb['theoretical_fraction_saved_flops']:.1%}). "
+              f"Slim phase-1 step / full phase-1 step (medians): {slim_ratio:.3f}. "
+              f"Downstream mean, EarlyBERT minus full: {mean['earlybert'] - mean['full']:+.2f} points.",
+              f"EarlyBERT's ticket: heads per layer {eb['layer_shapes']['heads']}, FFN widths {eb['layer_shapes']['ffn']}; "
+              f"search stopped after {eb['stages']['search']['steps']} steps ({eb['stages']['search']['stop_reason']}).",
+              "", "![training loss against step time](pretrain_loss_cpu.png)", ""]
+    (HERE / "results" / "pretrain_loss_cpu.png").write_bytes((runs / "loss.png").read_bytes())
     atomic_write_text(HERE / "results" / "pretrain_cpu.md", "\n".join(lines))
     print("\n".join(lines))
 

@@ -255,8 +255,8 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
                 optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay), budget=budget,
             )
             ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
-            done = {"stage": result.summary(), "losses": result.losses, "processes": accelerator.num_processes,
-                    "ranks_drew_same_ticket": agreed}
+            done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times,
+                    "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
             folder.write_json("ticket.json", ticket.to_dict())
             folder.write_json("mask_history.json", tracker.to_dict())
             folder.write_json("search.json", done)
@@ -281,7 +281,7 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
                 checkpoint_dir=folder.path / f"{name}_checkpoint",
                 optimizer_fn=lambda m, p=phase: make_lamb(m, config.lr[p], config.weight_decay), budget=budget,
             )
-            done = {"stage": result.summary(), "losses": result.losses}
+            done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times}
             if accelerator.is_main_process:  # the weights after this phase, for a resume in the next one
                 model.save_pretrained(folder.path / f"{name}_model")
             folder.write_json(f"{name}.json", done)
