@@ -87,14 +87,15 @@ def test_masked_only_loss_equals_the_full_projection_loss():
     assert torch.allclose(masked.loss, full, atol=1e-6) and masked.count == (labels != -100).sum()
 
 
-def reference_lamb_step(p, g, m, v, step, lr, wd, beta1=0.9, beta2=0.999, eps=1e-6):
-    """You et al. 2020, Algorithm 2 (with the trust-ratio clamp at 10 that implementations share)."""
+def reference_lamb_step(p, g, m, v, step, lr, wd, beta1=0.9, beta2=0.999, eps=1e-6, adapt=True):
+    """You et al. 2020, Algorithm 2 (with the trust-ratio clamp at 10 that implementations share); adapt=False:
+    no trust ratio, as BERT's recipes treat biases and LayerNorm."""
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
     m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
     r = m_hat / (v_hat.sqrt() + eps)
     update = r + wd * p
-    ratio = p.norm().clamp(max=10) / update.norm()
+    ratio = p.norm().clamp(max=10) / update.norm() if adapt else 1.0
     return p - lr * ratio * update, m, v
 
 
@@ -102,14 +103,17 @@ def test_lamb_matches_the_papers_algorithm():
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4)
     optimizer = make_lamb(layer, lr=0.01, weight_decay=0.1)
-    p = layer.weight.detach().clone()
+    p, b = layer.weight.detach().clone(), layer.bias.detach().clone()
     m, v = torch.zeros_like(p), torch.zeros_like(p)
+    mb, vb = torch.zeros_like(b), torch.zeros_like(b)
     for step in range(1, 6):
-        g = torch.randn_like(p)
-        layer.weight.grad, layer.bias.grad = g.clone(), torch.zeros_like(layer.bias)
+        g, gb = torch.randn_like(p), torch.randn_like(b)
+        layer.weight.grad, layer.bias.grad = g.clone(), gb.clone()
         optimizer.step()
         p, m, v = reference_lamb_step(p, g, m, v, step, lr=0.01, wd=0.1)
+        b, mb, vb = reference_lamb_step(b, gb, mb, vb, step, lr=0.01, wd=0.0, adapt=False)
         assert torch.allclose(layer.weight, p, atol=1e-6, rtol=1e-5), step
+        assert torch.allclose(layer.bias, b, atol=1e-6, rtol=1e-5), step  # the bias: a plain Adam step
 
 
 def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tiny_encoder, tiny_config_file, corpus,

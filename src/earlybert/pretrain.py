@@ -141,10 +141,11 @@ class _Output:
 
 
 def make_lamb(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """LAMB with no weight decay on biases, LayerNorm and gates, as in BERT's recipe."""
+    """LAMB with neither weight decay nor layer adaptation on biases, LayerNorm and gates, as in BERT's recipe."""
     from .lamb import Lamb
 
-    return Lamb(decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-6)
+    decay, no_decay = decay_groups(model, weight_decay)
+    return Lamb([decay, {**no_decay, "layer_adaptation": False}], lr=lr, betas=(0.9, 0.999), eps=1e-6)
 
 
 def build_config(name_or_path: str, vocab_size: int):
