@@ -297,6 +297,20 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
     return stages, ticket, model, wrapper
 
 
+def _figures(folder, ticket: Ticket | None, stages: dict) -> list[str]:
+    """The search's mask distance (the paper's Fig. 1, top), the ticket's shape and the MLM loss, for report.md."""
+    from .report import plot_losses, plot_mask_distance, plot_ticket
+
+    figures = [("MLM loss per step", "loss.png")]
+    plot_losses({name: folder.read_json(f"{name}.json")["losses"] for name in stages}, folder.path / "loss.png")
+    if ticket is not None:
+        plot_mask_distance(folder.read_json("mask_history.json"), folder.path / "mask_distance.png")
+        plot_ticket(ticket, folder.path / "ticket.png")
+        figures = [("Mask distance during the search (paper Fig. 1, top)", "mask_distance.png"),
+                   ("Kept heads and FFN neurons per layer", "ticket.png"), *figures]
+    return [line for caption, name in figures for line in (f"### {caption}", "", f"![{caption}]({name})", "")]
+
+
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False,
              stop_after: int | None = None) -> dict | None:
     """Pre-train with `config.method` into `config.output`; returns results.json's content.
@@ -372,7 +386,9 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
                  *[f"| {k} | {v['steps']} | {v['step_time_s']:.1f} | {v['mean_step_s']:.3f} |" for k, v in stages.items()],
                  "", f"Total step time {total_step_s:.1f} s.", "",
                  *[f"Held-out MLM loss at {k}: {v['mlm_loss']:.4f} (perplexity {v['perplexity']:.1f})"
-                   for k, v in evaluation.items()], ""]
+                   for k, v in evaluation.items()], "", f"Theoretical fraction of the full run's linear-layer FLOPs "
+                 f"saved: {results['theoretical_fraction_saved_flops']:.1%}.", ""]
+        lines += _figures(folder, ticket, stages)
         atomic_write_text(folder.path / "report.md", "\n".join(lines))
     accelerator.wait_for_everyone()
     return results
