@@ -110,13 +110,25 @@ def loss_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def majority_accuracy(task: str) -> float:
+    """Accuracy of always predicting the dev set's most frequent label: the floor a fine-tuned model must beat."""
+    from collections import Counter
+
+    from earlybert.data import TASKS, load_glue
+
+    dev = next(iter(load_glue(TASKS[task], SHARED / "glue").evals.values()))
+    return 100 * Counter(e.label for e in dev).most_common(1)[0][1] / len(dev)
+
+
 def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], runs: Path) -> None:
+    results = {m: results[m] for m in ("full", "earlybert")}
     full, eb = results["full"], results["earlybert"]
     saved = 1 - eb["total_step_time_s"] / full["total_step_time_s"]
     mean = {m: sum(r[f"downstream_{t}"] for t in tasks) / len(tasks) for m, r in results.items()}
     slim_ratio = eb["stages"]["phase1"]["median_step_s"] / full["stages"]["phase1"]["median_step_s"]
     summary = {"command": "python " + " ".join(sys.argv), "machine": machine(), "time_saved": saved,
-               "phase1_median_step_ratio_slim_over_full": slim_ratio, "downstream_mean": mean, "results": results}
+               "phase1_median_step_ratio_slim_over_full": slim_ratio, "downstream_mean": mean,
+               "majority_class": {t: majority_accuracy(t) for t in tasks}, "results": results}
     atomic_write_text(HERE / "results" / "pretrain_cpu.json", json.dumps(summary, indent=1))
     loss_plot(results, runs / "loss.png")
     m = summary["machine"]
@@ -139,6 +151,9 @@ def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], run
         losses = " | ".join(f"{r['held_out'][f'length_{n}']['mlm_loss']:.3f}" for n in seq_len)
         scores = " | ".join(f"{r[f'downstream_{t}']:.2f}" for t in tasks)
         lines.append(f"| {method} | {losses} | {scores} | {mean[method]:.2f} |")
+    floor = summary["majority_class"]
+    lines.append("| (majority class) | " + " | ".join(["-"] * len(seq_len)) + " | "
+                 + " | ".join(f"{floor[t]:.2f}" for t in tasks) + f" | {sum(floor.values()) / len(tasks):.2f} |")
     lines += ["", f"Time saved by EarlyBERT (total step time, search included): **{saved:.1%}** "
               f"(theoretical from linear-layer FLOPs: {eb['theoretical_fraction_saved_flops']:.1%}). "
               f"Slim phase-1 step / full phase-1 step (medians): {slim_ratio:.3f}. "
