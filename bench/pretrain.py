@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--lr", default="2e-3,1.5e-3", help="LAMB peak learning rate per phase (small batches)")
     parser.add_argument("--tasks", default="sst2,rte")
     parser.add_argument("--max-train-samples", type=int, default=2000)
+    parser.add_argument("--finetune-lr", type=float, default=2e-5, help="downstream fine-tuning lr (paper: 2e-5); "
+                        "another value writes results named after it, beside the default ones")
     parser.add_argument("--runs", default=str(HERE / "runs" / "pretrain"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -65,16 +67,17 @@ def main() -> None:
                 out = pretrain(config, resume=(runs / method).exists(), stop_after=args.slice)
                 if out is not None:
                     results[method] = out
+    suffix = "" if args.finetune_lr == 2e-5 else f"-lr{args.finetune_lr:g}"
     for method in configs:
         out = runs / method
         for task in args.tasks.split(","):
-            run = runs / f"{method}-{task}"
+            run = runs / (f"{method}-{task}" + suffix)
             if not (run / "results.json").exists():
                 finetune(FinetuneConfig(model=str(out / "model"), task=task, data=str(SHARED / "glue"), output=str(run),
-                                        method="full", max_train_samples=args.max_train_samples),
+                                        method="full", max_train_samples=args.max_train_samples, lr=args.finetune_lr),
                          resume=run.exists())
             results[method][f"downstream_{task}"] = json.loads((run / "results.json").read_text())["score"]
-    write_results(results, args.tasks.split(","), pair(args.seq_len, int), runs)
+    write_results(results, args.tasks.split(","), pair(args.seq_len, int), runs, suffix, args.finetune_lr)
 
 
 def machine() -> dict:
@@ -120,7 +123,8 @@ def majority_accuracy(task: str) -> float:
     return 100 * Counter(e.label for e in dev).most_common(1)[0][1] / len(dev)
 
 
-def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], runs: Path) -> None:
+def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], runs: Path, suffix: str,
+                  finetune_lr: float) -> None:
     results = {m: results[m] for m in ("full", "earlybert")}
     full, eb = results["full"], results["earlybert"]
     saved = 1 - eb["total_step_time_s"] / full["total_step_time_s"]
@@ -129,7 +133,7 @@ def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], run
     summary = {"command": "python " + " ".join(sys.argv), "machine": machine(), "time_saved": saved,
                "phase1_median_step_ratio_slim_over_full": slim_ratio, "downstream_mean": mean,
                "majority_class": {t: majority_accuracy(t) for t in tasks}, "results": results}
-    atomic_write_text(HERE / "results" / "pretrain_cpu.json", json.dumps(summary, indent=1))
+    atomic_write_text(HERE / "results" / f"pretrain_cpu{suffix}.json", json.dumps(summary, indent=1))
     loss_plot(results, runs / "loss.png")
     m = summary["machine"]
     lines = ["# Pre-training: full vs EarlyBERT (small BERT from scratch, CPU)", "",
@@ -154,6 +158,9 @@ def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], run
     floor = summary["majority_class"]
     lines.append("| (majority class) | " + " | ".join(["-"] * len(seq_len)) + " | "
                  + " | ".join(f"{floor[t]:.2f}" for t in tasks) + f" | {sum(floor.values()) / len(tasks):.2f} |")
+    lines.append("")
+    lines.append(f"Downstream: full fine-tuning of each checkpoint, lr {finetune_lr:g}, 3 epochs, batch 32, "
+                 "the same fixed 2,000-example training subset; full dev sets.")
     lines += ["", f"Time saved by EarlyBERT (total step time, search included): **{saved:.1%}** "
               f"(theoretical from linear-layer FLOPs: {eb['theoretical_fraction_saved_flops']:.1%}). "
               f"Slim phase-1 step / full phase-1 step (medians): {slim_ratio:.3f}. "
@@ -162,7 +169,7 @@ def write_results(results: dict, tasks: list[str], seq_len: tuple[int, int], run
               f"search stopped after {eb['stages']['search']['steps']} steps ({eb['stages']['search']['stop_reason']}).",
               "", "![training loss against step time](pretrain_loss_cpu.png)", ""]
     (HERE / "results" / "pretrain_loss_cpu.png").write_bytes((runs / "loss.png").read_bytes())
-    atomic_write_text(HERE / "results" / "pretrain_cpu.md", "\n".join(lines))
+    atomic_write_text(HERE / "results" / f"pretrain_cpu{suffix}.md", "\n".join(lines))
     print("\n".join(lines))
 
 
