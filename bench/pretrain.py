@@ -98,9 +98,7 @@ def loss_plot(results: dict, path: Path) -> None:
         times, losses, clock = [], [], 0.0
         for stage in result["stages"]:
             stage_file = json.loads((path.parent / method / f"{stage}.json").read_text())
-            # per-step times where the run kept them, else each step at its stage's mean
-            steps = stage_file.get("step_times") or [stage_file["stage"]["mean_step_s"]] * len(stage_file["losses"])
-            for step_time, loss in zip(steps, stage_file["losses"]):
+            for step_time, loss in zip(stage_file["step_times"], stage_file["losses"]):
                 clock += step_time
                 times.append(clock / 60)
                 losses.append(loss)

@@ -234,10 +234,11 @@ def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, acceler
 
 
 def _train_stages(config, folder, accelerator, new_accelerator, phases, collator, model_config, theta0, budget):
-    """The search (EarlyBERT only) and both phases, each skipped when its results are already in the folder."""
+    """The search (EarlyBERT only) and both phases, each skipped when its results are already in the folder.
+    Returns each stage's summary and per-step losses, the ticket (EarlyBERT), the model and its MLM wrapper."""
     from .finetune import _broadcast_ticket
 
-    stages, ticket = {}, None
+    stages, losses, ticket = {}, {}, None
     model = _model_from(model_config, theta0)
     if config.method == "earlybert":
         done = folder.read_json("search.json")
@@ -264,7 +265,7 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
             accelerator.wait_for_everyone()
             remove_checkpoint(folder.path / "search_checkpoint", accelerator)
         ticket = Ticket.from_dict(folder.read_json("ticket.json"))
-        stages["search"] = done["stage"]
+        stages["search"], losses["search"] = done["stage"], done["losses"]
         logger.info("stage: draw -> %s; reset to theta_0", ticket.summary())
         model = _model_from(model_config, theta0)  # back to the random init, then slim
         prune(model, ticket)
@@ -292,17 +293,17 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(str(folder.path / f"{name}_model" / "model.safetensors")), strict=False)
-        stages[name] = done["stage"]
+        stages[name], losses[name] = done["stage"], done["losses"]
 
-    return stages, ticket, model, wrapper
+    return stages, losses, ticket, model, wrapper
 
 
-def _figures(folder, ticket: Ticket | None, stages: dict) -> list[str]:
+def _figures(folder, ticket: Ticket | None, losses: dict[str, list[float]]) -> list[str]:
     """The search's mask distance (the paper's Fig. 1, top), the ticket's shape and the MLM loss, for report.md."""
     from .report import plot_losses, plot_mask_distance, plot_ticket
 
     figures = [("MLM loss per step", "loss.png")]
-    plot_losses({name: folder.read_json(f"{name}.json")["losses"] for name in stages}, folder.path / "loss.png")
+    plot_losses(losses, folder.path / "loss.png")
     if ticket is not None:
         plot_mask_distance(folder.read_json("mask_history.json"), folder.path / "mask_distance.png")
         plot_ticket(ticket, folder.path / "ticket.png")
@@ -345,13 +346,12 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         theta0 = _theta0(model_config, config.seed, folder.path)
     collator = SeededMLMCollator(tokenizer, config.seed)
     try:
-        stages, ticket, model, wrapper = _train_stages(config, folder, accelerator, new_accelerator, phases,
+        stages, losses, ticket, model, wrapper = _train_stages(config, folder, accelerator, new_accelerator, phases,
                                                        collator, model_config, theta0, budget)
     except Paused as paused:
         logger.info("paused in %s after %d steps; resume to continue", paused, stop_after)
         accelerator.wait_for_everyone()
         return None
-
 
     # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
     batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])
@@ -388,7 +388,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
                  *[f"Held-out MLM loss at {k}: {v['mlm_loss']:.4f} (perplexity {v['perplexity']:.1f})"
                    for k, v in evaluation.items()], "", f"Theoretical fraction of the full run's linear-layer FLOPs "
                  f"saved: {results['theoretical_fraction_saved_flops']:.1%}.", ""]
-        lines += _figures(folder, ticket, stages)
+        lines += _figures(folder, ticket, losses)
         atomic_write_text(folder.path / "report.md", "\n".join(lines))
     accelerator.wait_for_everyone()
     return results
