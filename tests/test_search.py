@@ -25,14 +25,61 @@ def feed(tracker: EarlyBird, tickets: list[Ticket]) -> int | None:
     return None
 
 
-def test_stable_masks_stop_after_patience_plus_one():
-    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=5, max_steps=100))
+def test_stable_masks_stop_after_patience_plus_one_under_the_papers_rule():
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=5, window=0, max_steps=100))
     stop = feed(tracker, [ticket_keeping(list(range(12)))] * 10)
     assert stop == 6 and tracker.stop_reason == "early-bird"
 
 
+def test_stable_masks_stop_once_the_history_covers_the_window():
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=5, window=0.25, max_steps=100))
+    assert tracker.search_config.window_steps == 25
+    stop = feed(tracker, [ticket_keeping(list(range(12)))] * 40)
+    assert stop == 26 and tracker.stop_reason == "early-bird"  # step 1 is 25 steps before step 26
+
+
+def drifting(n_steps: int, units: int = 400, kept: int = 240, every: int = 1) -> list[tuple[int, Ticket]]:
+    """One kept neuron swapped for a pruned one every step: distance 2/units per step, for ever."""
+    out = []
+    for step in range(1, n_steps + 1):
+        keep = [(j + step) % units for j in range(kept)]
+        if step % every == 0:
+            out.append((step, Ticket(heads=[[0, 1, 2]], ffn=[sorted(keep)], num_heads=[4], ffn_sizes=[units])))
+    return out
+
+
+def run_rule(records: list[tuple[int, Ticket]], **config) -> int | None:
+    tracker = EarlyBird(search_config=SearchConfig(**config))
+    for step, ticket in records:
+        tracker.add(step, ticket)
+        if tracker.should_stop(step) and tracker.stop_reason == "early-bird":
+            return step
+    return None
+
+
+def test_a_slowly_drifting_mask_never_passes_whatever_the_recording_interval():
+    # 0.005 per step: each mask is within 0.1 of the previous five (0.025) yet 0.3 from the one 60 steps back
+    records = drifting(200)
+    assert run_rule(records, epsilon=0.1, patience=5, window=0, max_steps=200) == 6  # the paper's rule passes it
+    for every in (1, 4, 10):
+        assert run_rule(drifting(200, every=every), epsilon=0.1, patience=5, window=0.25, max_steps=200) is None
+
+
+def test_units_swapping_at_the_threshold_do_not_block_the_stop():
+    # a settled ticket whose 3 marginal neurons trade places with 3 pruned ones every other step (distance 0.015)
+    settled, swapped = list(range(240)), list(range(237)) + [240, 241, 242]
+    records = [(step, ticket_of(settled if step % 2 else swapped)) for step in range(1, 201)]
+    assert run_rule(records, epsilon=0.1, patience=5, window=0.25, max_steps=200) == 51
+    sparse = [(step, t) for step, t in records if step % 5 == 0]
+    assert run_rule(sparse, epsilon=0.1, patience=5, window=0.25, max_steps=200) == 55  # the same, to the interval
+
+
+def ticket_of(ffn_kept: list[int], units: int = 400) -> Ticket:
+    return Ticket(heads=[[0, 1, 2]], ffn=[sorted(ffn_kept)], num_heads=[4], ffn_sizes=[units])
+
+
 def test_changing_masks_run_to_the_budget():
-    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=2, max_steps=8))
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=2, window=0, max_steps=8))
     # each mask moves 4 of 20 neurons (distance 0.2 >= epsilon): never converges
     tickets = [ticket_keeping([(j + 2 * i) % 20 for j in range(12)]) for i in range(10)]
     assert feed(tracker, tickets) == 8 and tracker.stop_reason == "budget"
@@ -41,7 +88,7 @@ def test_changing_masks_run_to_the_budget():
 def test_one_outlier_in_the_window_delays_the_stop():
     base, moved = list(range(12)), list(range(12)) + [15]  # distance 1/20 = 0.05 < 0.1
     far = list(range(8, 20))  # distance 8/20 from base
-    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=3, max_steps=100))
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=3, window=0, max_steps=100))
     sequence = [base, moved, far, base, moved, base, base, base]
     stop = feed(tracker, [ticket_keeping(k) for k in sequence])
     # steps 4-6 still see `far` (step 3) among their previous three; step 7 sees base, moved, base
@@ -53,11 +100,11 @@ def test_epsilon_is_strict_and_heads_count_too():
     same_ffn = list(range(12))
     # moving one head of 4 is distance 0.5 on heads even with identical FFN masks
     head_moves = [ticket_keeping(same_ffn, (0, 1, 2)), ticket_keeping(same_ffn, (0, 1, 3))] * 5
-    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.4, patience=1, max_steps=10))
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.4, patience=1, window=0, max_steps=10))
     assert feed(tracker, head_moves) == 10 and tracker.stop_reason == "budget"
     # distance exactly epsilon does not count as converged
     a, b = ticket_keeping(list(range(12))), ticket_keeping(list(range(11)) + [12])  # 2/20 = 0.1
-    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=1, max_steps=3))
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, patience=1, window=0, max_steps=3))
     assert feed(tracker, [a, b, a]) == 3 and tracker.stop_reason == "budget"
 
 
@@ -143,7 +190,8 @@ def test_search_with_frozen_gates_converges_immediately():
     batch = {**inputs_for(model), "labels": torch.tensor([0, 1])}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     result = eb.search(model, [batch], optimizer, search_config=SearchConfig(max_steps=50, patience=5))
-    assert result.history.stop_reason == "early-bird" and result.steps == 6
+    # the history must cover the window (0.25 x 50 = 13 steps) before the first record can be compared
+    assert result.history.stop_reason == "early-bird" and result.steps == 1 + 13
     with pytest.raises(ValueError, match="no batches"):
         eb.search(model, [], optimizer, search_config=SearchConfig(max_steps=5))
     assert gates is eb.get_gates(model)

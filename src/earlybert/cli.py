@@ -170,8 +170,10 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda for all gates (1e-4)")
     p.add_argument("--head-l1", type=float, help="lambda for head gates (default --l1)")
     p.add_argument("--ffn-l1", type=float, help="lambda for FFN gates (default --l1)")
+    _gate_lr_flag(p)
     p.add_argument("--epsilon", type=float, default=0.1, help="early-bird mask-distance threshold (0.1)")
     p.add_argument("--patience", type=int, default=5, help="early-bird: previous masks to compare with (5)")
+    _window_flag(p)
     p.add_argument("--record-every", type=int, help="record a mask every N search steps (default: budget / 40)")
     p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
     p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
@@ -184,6 +186,32 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="default: bf16 on GPUs, no on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+
+def _gate_lr_flag(p) -> None:
+    from .gates import GATE_LR, MODEL_LR
+
+    def parse(text: str):
+        if text == MODEL_LR:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"give a number or {MODEL_LR!r}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    p.add_argument("--gate-lr", type=parse, default=GATE_LR,
+                   help=f"learning rate of the gates in the search ({GATE_LR:g}); '{MODEL_LR}': the model's, as in the paper")
+
+
+def _window_flag(p) -> None:
+    from .search import EARLY_BIRD_WINDOW
+
+    p.add_argument("--window", type=float, default=EARLY_BIRD_WINDOW,
+                   help="early-bird: the newest mask must also stay within --epsilon of every mask of the last "
+                        f"WINDOW x budget search steps ({EARLY_BIRD_WINDOW:g}; 0: the paper's rule)")
 
 
 def finetune_config(args, method: str) -> "FinetuneConfig":
@@ -201,10 +229,10 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
         grad_accum=args.grad_accum, seed=getattr(args, "seed", 42), search_epoch_fraction=args.search_epoch_fraction,
         search_max_steps=args.search_max_steps,
         gates=GateConfig(head_l1=args.head_l1 if args.head_l1 is not None else args.l1,
-                         ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1),
+                         ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1, lr=args.gate_lr),
         ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
                             ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
-        epsilon=args.epsilon, patience=args.patience, record_every=args.record_every, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
+        epsilon=args.epsilon, patience=args.patience, window=args.window, record_every=args.record_every, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
         checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
     )
 
@@ -253,10 +281,10 @@ def cmd_pretrain(args) -> int:
             steps=args.steps, phase1_fraction=args.phase1_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
             grad_accum=args.grad_accum, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
             held_out=args.held_out, search_steps=args.search_steps,
-            gates=GateConfig(head_l1=args.l1, ffn_l1=args.l1),
+            gates=GateConfig(head_l1=args.l1, ffn_l1=args.l1, lr=args.gate_lr),
             ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
                                 ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
-            epsilon=args.epsilon, patience=args.patience, step_fraction=args.step_fraction, seed=args.seed,
+            epsilon=args.epsilon, patience=args.patience, window=args.window, step_fraction=args.step_fraction, seed=args.seed,
             checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision, cache_dir=args.cache_dir,
         )
         done = output / "results.json"
@@ -325,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=float, default=0.01, help="tail of the text kept for MLM loss (0.01)")
     p.add_argument("--search-steps", type=int, help="search budget (default 400 x steps / 8601)")
     p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda (1e-4)")
+    _gate_lr_flag(p)
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=5)
+    _window_flag(p)
     p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
     p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
     p.add_argument("--ffn-ratio", type=float, default=0.3, help="fraction of FFN neurons pruned (0.3)")

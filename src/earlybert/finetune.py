@@ -28,9 +28,9 @@ from .flops import count_flops
 from .gates import GateConfig, add_gates, sparsity_penalty
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
 from .prune import check_ticket_fits, prune
-from .search import EarlyBird, SearchConfig
+from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig, atomic_write_text, draw_ticket, random_scores_ticket, random_ticket
-from .train import TrainConfig, remove_checkpoint, steps_per_epoch, train_stage
+from .train import TrainConfig, remove_checkpoint, step_time_ratio, steps_per_epoch, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class FinetuneConfig:
     ticket: TicketConfig = field(default_factory=TicketConfig)
     epsilon: float = 0.1
     patience: int = 5
+    window: float = EARLY_BIRD_WINDOW  # early-bird window, a share of the search budget (0: the paper's rule)
     record_every: int | None = None  # record a mask every N search steps; default: budget / 40, at least 1
     ticket_like: str | None = None  # random method: copy the per-layer shape of this ticket.json
     layerdrop: float = 1 / 3
@@ -106,7 +107,8 @@ class FinetuneConfig:
         if not 0 <= self.layerdrop < 1:
             raise ValueError(f"LayerDrop rate must be in [0, 1), got {self.layerdrop}")
         self.train_config(slim=False), self.train_config(slim=True)  # validates epochs, lr, batch, accumulation
-        SearchConfig(epsilon=self.epsilon, patience=self.patience, max_steps=1, record_every=self.record_every or 1)
+        SearchConfig(epsilon=self.epsilon, patience=self.patience, window=self.window, max_steps=1,
+                     record_every=self.record_every or 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,10 +250,12 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
             per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
             budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
                                   steps_per_epoch=per_epoch).budget
-            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, max_steps=budget,
+            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                                      max_steps=budget,
                                       record_every=config.record_every or max(1, budget // 40))
             tracker = EarlyBird(config.ticket, search_cfg)
-            search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget})
+            search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget,
+                                          "gate_lr": config.gates.learning_rate(config.lr)})
             result = train_stage(
                 "search", model, task_info.train_features, padding_collator(task_info.tokenizer), search_train,
                 new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
@@ -282,6 +286,10 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         add_layerdrop(model, config.layerdrop)
 
     slim_flops = _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops
+    calibration = None
+    if ticket is not None:  # what the full model's steps would have cost, for a run that has no full arm
+        calibration = step_time_ratio(model, _seeded_model(config, task_info), task_info.train_features,
+                                      padding_collator(task_info.tokenizer), train_cfg, accelerator)
     logger.info("stage: train (%s)", config.method)
     result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer), train_cfg,
                          new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
@@ -295,10 +303,10 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     logger.info("stage: evaluate")
     metrics = evaluate_model(model, task_info, config, new_accelerator())
     total_step_s = sum(s["step_time_s"] for s in stages.values())
-    # Without a measured full run, the search (the full model plus gates) tells the full model's step time;
-    # its median, since the first steps of a process pay one-off warm-up costs.
-    search_median = stages.get("search", {}).get("median_step_s")
-    full_estimate = search_median * full_steps if search_median else None
+    # Without a measured full run: the trained model's mean step over the paired slim / full step-time ratio.
+    full_estimate = None
+    if calibration is not None:
+        full_estimate = stages["train"]["mean_step_s"] / calibration["ratio"] * full_steps
     if config.method == "full":
         full_estimate = total_step_s
     search_steps = stages.get("search", {}).get("steps", 0)
@@ -318,6 +326,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "full_run_steps": full_steps,
         "estimated_full_step_time_s": full_estimate,
         "fraction_saved_vs_estimated_full": None if not full_estimate else 1 - total_step_s / full_estimate,
+        "paired_step_time_ratio": calibration,
         "theoretical_fraction_saved_flops": theoretical,
         "linear_flops_per_step": {"full": full_flops, "trained_model": slim_flops},
         "parameters": sum(p.numel() for p in model.parameters()),

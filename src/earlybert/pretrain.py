@@ -27,7 +27,7 @@ from torch import nn
 from .archs import layer_shapes
 from .gates import GateConfig, add_gates, sparsity_penalty
 from .prune import prune
-from .search import EarlyBird, SearchConfig
+from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig, atomic_write_text
 from .train import Paused, StepBudget, TrainConfig, decay_groups, remove_checkpoint, train_stage
 
@@ -63,6 +63,7 @@ class PretrainConfig:
     ticket: TicketConfig = field(default_factory=lambda: TicketConfig(ffn_ratio=0.3))
     epsilon: float = 0.1
     patience: int = 5
+    window: float = EARLY_BIRD_WINDOW  # early-bird window, a share of the search budget (0: the paper's rule)
     step_fraction: float = 0.8  # EarlyBERT trains this fraction of each phase's steps
     seed: int = 42
     checkpoint_every: int = 200
@@ -92,7 +93,7 @@ class PretrainConfig:
             raise ValueError(f"sequence lengths must be >= 8, got {self.seq_len}")
         for phase in (0, 1):
             self.phase_config(phase, self.steps)  # validates batch sizes, learning rates, warm-up
-        SearchConfig(epsilon=self.epsilon, patience=self.patience, max_steps=1)
+        SearchConfig(epsilon=self.epsilon, patience=self.patience, window=self.window, max_steps=1)
 
     @property
     def phase_steps(self) -> tuple[int, int]:
@@ -140,12 +141,13 @@ class _Output:
     count: torch.Tensor
 
 
-def make_lamb(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """LAMB with neither weight decay nor layer adaptation on biases, LayerNorm and gates, as in BERT's recipe."""
+def make_lamb(model: nn.Module, lr: float, weight_decay: float, gate_lr: float | None = None) -> torch.optim.Optimizer:
+    """LAMB with neither weight decay nor layer adaptation on biases, LayerNorm and gates, as in BERT's recipe;
+    the gates (when there are any) at their own learning rate `gate_lr`."""
     from .lamb import Lamb
 
-    decay, no_decay = decay_groups(model, weight_decay)
-    return Lamb([decay, {**no_decay, "layer_adaptation": False}], lr=lr, betas=(0.9, 0.999), eps=1e-6)
+    decay, *no_adaptation = decay_groups(model, weight_decay, gate_lr)
+    return Lamb([decay, *({**g, "layer_adaptation": False} for g in no_adaptation)], lr=lr, betas=(0.9, 0.999), eps=1e-6)
 
 
 def build_config(name_or_path: str, vocab_size: int):
@@ -245,7 +247,8 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
         if done is None:
             logger.info("stage: search (gates + L1 from theta_0, phase 1 settings)")
             add_gates(model)
-            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, max_steps=config.search_budget)
+            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                                      max_steps=config.search_budget)
             tracker = EarlyBird(config.ticket, search_cfg)
             phase1 = config.phase_config(0, config.phase_steps[0])
             phase1.max_steps = config.search_budget
@@ -254,7 +257,8 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
                 checkpoint_dir=folder.path / "search_checkpoint",
                 extra_loss=lambda m: sparsity_penalty(m.model, config.gates),
                 on_step=lambda step, m: tracker.record(step, m.model), tracker=tracker,
-                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay), budget=budget,
+                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay,
+                                                 config.gates.learning_rate(config.lr[0])), budget=budget,
             )
             ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
             done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times,

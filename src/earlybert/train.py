@@ -25,8 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import make_loader
+from .gates import GATES_ATTR
 
 CHECKPOINT = "checkpoint"
+# The first steps of a stage pay one-off costs (thread pools, the allocator, kernel choices for new shapes), more
+# so in the first stage of a process, which would charge them to whichever stage runs first (the search, in a
+# single EarlyBERT run). Every stage therefore counts its first WARMUP_STEPS steps at the mean of its other steps;
+# the raw times are kept as well.
+WARMUP_STEPS = 3
 
 
 @dataclass
@@ -40,6 +46,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
+    gate_lr: float | None = None  # learning rate of EarlyBERT's gates, when the model has them (None: `lr`)
     steps: int | None = None  # the stage's length in optimizer steps, instead of epochs (pre-training phases)
     max_steps: int | None = None  # hard cap on optimizer steps (the search's budget); the schedule still spans the stage
     checkpoint_every: int = 200  # optimizer steps between checkpoints; 0 disables them
@@ -90,12 +97,22 @@ class StageResult:
 
     @property
     def step_time_s(self) -> float:
+        """Total step time with the first WARMUP_STEPS steps counted at the mean of the others (see WARMUP_STEPS)."""
+        rest = self.step_times[WARMUP_STEPS:]
+        if not rest:
+            return self.raw_step_time_s
+        return sum(rest) + (len(self.step_times) - len(rest)) * statistics.fmean(rest)
+
+    @property
+    def raw_step_time_s(self) -> float:
         return sum(self.step_times)
 
     def summary(self) -> dict:
         return {
             "steps": self.steps,
             "step_time_s": self.step_time_s,
+            "raw_step_time_s": self.raw_step_time_s,
+            "warmup_steps_at_mean": min(WARMUP_STEPS, len(self.step_times)) if self.step_times[WARMUP_STEPS:] else 0,
             "mean_step_s": self.step_time_s / max(1, self.steps),
             "median_step_s": statistics.median(self.step_times) if self.step_times else 0.0,
             "wall_s": self.wall_s,
@@ -108,18 +125,22 @@ def steps_per_epoch(num_examples: int, config: TrainConfig, num_processes: int =
     return math.ceil(batches / config.grad_accum)
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups: no weight decay on biases, LayerNorm and gates (the gates have their own L1
-    penalty), as in BERT."""
-    decay, no_decay = [], []
+def decay_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups: weight decay on the weight matrices; none on biases and LayerNorm, as in BERT;
+    and, when the model is gated, a third group for the gates: no weight decay (they have their own L1 penalty)
+    and their own learning rate `gate_lr` (None: the optimizer's). A scheduler scales every group alike."""
+    decay, no_decay, gates = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "earlybert_gates" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (gates if GATES_ATTR in name.split(".") else no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, **({} if gate_lr is None else {"lr": gate_lr})})
+    return groups
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = decay_groups(model, config.weight_decay)
+    groups = decay_groups(model, config.weight_decay, config.gate_lr)
     # fused AdamW: one kernel for all parameters, several times faster than the per-tensor loop on CPU and GPU.
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
@@ -277,6 +298,41 @@ def train_stage(
     result.wall_s = time.perf_counter() - wall_start
     accelerator.print(f"[{name}] {result.steps} steps, {result.step_time_s:.1f}s of step time, stop: {result.stop_reason}")
     return result
+
+
+def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Callable, config: TrainConfig,
+                    accelerator, pairs: int = 10, warmup: int = 2) -> dict:
+    """Mean training-step time of `slim` over that of `full` (forward, backward, optimizer), measured on copies
+    of both, on the same batches, interleaved ABBA so drift in the machine's speed falls on both alike; the first
+    `warmup` pairs are left out. A single run's estimate of the full model's time comes from this ratio and its
+    own measured steps: timing plain full steps, not the search's gated ones, which also carry the penalty and
+    the ticket bookkeeping."""
+    import copy
+
+    arms = []
+    for model in (full, slim):
+        model = copy.deepcopy(accelerator.unwrap_model(model)).to(accelerator.device).train()
+        arms.append((model, make_optimizer(model, config, accelerator.device)))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(warmup + pairs):
+        start = (i * config.batch_size) % max(1, len(dataset) - config.batch_size + 1)
+        batch = collate_fn([dataset[j] for j in order[start : start + config.batch_size]])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        for arm in ((0, 1) if i % 2 == 0 else (1, 0)):
+            model, optimizer = arms[arm]
+            _synchronize(accelerator.device)
+            begin = time.perf_counter()
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _synchronize(accelerator.device)
+            if i >= warmup:
+                times[arm].append(time.perf_counter() - begin)
+    full_s, slim_s = statistics.fmean(times[0]), statistics.fmean(times[1])
+    return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs}
 
 
 def remove_checkpoint(directory: Path, accelerator) -> None:

@@ -1,0 +1,123 @@
+"""The training loop's pieces: optimizer groups with the gates' own learning rate, the warm-up-fair clock, the
+paired step-time ratio behind a single run's estimate of the full model's time."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+import earlybert as eb
+from earlybert.data import padding_collator
+from earlybert.finetune import FinetuneConfig, finetune
+from earlybert.gates import GATE_LR, GateConfig
+from earlybert.train import WARMUP_STEPS, StageResult, TrainConfig, decay_groups, make_optimizer, step_time_ratio
+
+from conftest import build, inputs_for
+
+
+def gated_classifier(seed: int = 0):
+    model = build("bert", eb.slim.AUTO_CLASSES[4], seed=seed).train()
+    eb.add_gates(model)
+    return model
+
+
+def test_gates_get_their_own_group_learning_rate_and_no_weight_decay():
+    model = gated_classifier()
+    groups = decay_groups(model, weight_decay=0.01, gate_lr=3e-2)
+    gate_ids = {id(p) for p in eb.get_gates(model).parameters()}
+    assert [len(g["params"]) > 0 for g in groups] == [True, True, True]
+    assert {id(p) for p in groups[2]["params"]} == gate_ids and groups[2]["lr"] == 3e-2
+    assert groups[2]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 0.01
+    assert not gate_ids & {id(p) for g in groups[:2] for p in g["params"]}
+    optimizer = make_optimizer(model, TrainConfig(lr=2e-5, gate_lr=3e-2), torch.device("cpu"))
+    assert [g["lr"] for g in optimizer.param_groups] == [2e-5, 2e-5, 3e-2]
+    eb.remove_gates(model)
+    assert len(decay_groups(model, 0.01, gate_lr=3e-2)) == 2  # an ungated model: no empty third group
+
+
+def test_gate_learning_rate_default_and_the_papers_setting():
+    assert GateConfig().lr == GATE_LR and GateConfig().learning_rate(2e-5) == GATE_LR
+    assert GateConfig(lr="model").learning_rate(2e-5) == 2e-5
+    assert GateConfig(lr="0.05").lr == 0.05
+    for bad in ("fast", 0, -1e-3):
+        with pytest.raises(ValueError, match="gate learning rate"):
+            GateConfig(lr=bad)
+
+
+def test_the_papers_gate_learning_rate_reproduces_the_shared_group_bit_for_bit():
+    """Gates in a group of their own at the model's rate train exactly as inside the no-decay group did."""
+    batch = {**inputs_for(build("bert", eb.slim.AUTO_CLASSES[4])), "labels": torch.tensor([0, 1])}
+    results = []
+    for separate in (False, True):
+        model = gated_classifier(seed=5)
+        torch.manual_seed(0)
+        if separate:
+            groups = decay_groups(model, 0.01, gate_lr=None)
+        else:
+            decay, no_decay, gates = decay_groups(model, 0.01)
+            groups = [decay, {**no_decay, "params": no_decay["params"] + gates["params"]}]
+        optimizer = torch.optim.AdamW(groups, lr=1e-3, fused=True)
+        for _ in range(3):
+            (model(**batch).loss + eb.sparsity_penalty(model)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_finetune_search_trains_the_gates_at_the_gate_learning_rate(tiny_encoder, glue_dir, tmp_path):
+    moved = {}
+    for lr in ("model", 0.05):
+        config = FinetuneConfig(model=str(tiny_encoder), task="sst2", data=str(glue_dir), output=str(tmp_path / str(lr)),
+                                batch_size=8, lr=1e-4, epochs=1, earlybert_epochs=0.25, search_max_steps=4,
+                                gates=GateConfig(lr=lr), checkpoint_every=0, seed=3)
+        finetune(config)
+        ticket = eb.Ticket.load(tmp_path / str(lr) / "ticket.json")
+        moved[lr] = max(abs(c - 1) for layer in ticket.ffn_scores + ticket.head_scores for c in layer)
+        saved = json.loads((tmp_path / str(lr) / "config.json").read_text())
+        assert saved["gates"]["lr"] == lr
+    # Adam moves a parameter by at most about its learning rate per step (the first step by exactly that): 4 steps
+    assert 1e-4 * 0.9 < moved["model"] < 4 * 1e-4 * 1.1 and 0.05 * 0.9 < moved[0.05] < 4 * 0.05 * 1.1
+
+
+def test_every_stage_counts_its_first_steps_at_the_mean_of_the_others():
+    times = [5.0, 3.0, 2.0] + [1.0, 2.0, 3.0] * 4
+    stage = StageResult("s", steps=len(times), step_times=times)
+    assert WARMUP_STEPS == 3
+    assert stage.raw_step_time_s == sum(times)
+    assert stage.step_time_s == pytest.approx(24.0 + 3 * 2.0)
+    summary = stage.summary()
+    assert summary["step_time_s"] == stage.step_time_s and summary["raw_step_time_s"] == sum(times)
+    assert summary["warmup_steps_at_mean"] == 3
+    short = StageResult("s", steps=2, step_times=[4.0, 1.0])  # nothing to take a mean from: counted as measured
+    assert short.step_time_s == 5.0 and short.summary()["warmup_steps_at_mean"] == 0
+
+
+def test_step_time_ratio_times_copies_on_the_same_batches(tiny_encoder, glue_dir):
+    from earlybert.tasks import load_model_for, prepare_task
+
+    config = FinetuneConfig(model=str(tiny_encoder), task="sst2", data=str(glue_dir), output="unused")
+    task_info = prepare_task(config)
+    full = load_model_for(config.model, task_info)
+    slim = load_model_for(config.model, task_info)
+    eb.prune(slim, eb.random_scores_ticket(*eb.layer_shapes(slim), eb.TicketConfig(), 0))
+    before = [p.detach().clone() for p in slim.parameters()] + [p.detach().clone() for p in full.parameters()]
+    out = step_time_ratio(slim, full, task_info.train_features, padding_collator(task_info.tokenizer),
+                          TrainConfig(batch_size=8), Accelerator(cpu=True), pairs=4, warmup=1)
+    assert out["pairs"] == 4 and out["full_mean_step_s"] > 0 and out["slim_mean_step_s"] > 0
+    assert out["ratio"] == pytest.approx(out["slim_mean_step_s"] / out["full_mean_step_s"])
+    after = [p.detach() for p in slim.parameters()] + [p.detach() for p in full.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # the models themselves are not trained
+
+
+def test_a_single_runs_estimate_of_full_time_comes_from_the_paired_ratio(tiny_encoder, glue_dir, tmp_path):
+    config = FinetuneConfig(model=str(tiny_encoder), task="sst2", data=str(glue_dir), output=str(tmp_path / "run"),
+                            batch_size=8, epochs=1, earlybert_epochs=1, search_max_steps=3, checkpoint_every=0)
+    results = finetune(config)
+    paired = results["paired_step_time_ratio"]
+    train = results["stages"]["train"]
+    expected = train["mean_step_s"] / paired["ratio"] * results["full_run_steps"]
+    assert results["estimated_full_step_time_s"] == pytest.approx(expected)
+    assert results["fraction_saved_vs_estimated_full"] == pytest.approx(
+        1 - results["total_step_time_s"] / expected)
