@@ -173,7 +173,11 @@ def load_glue(task: Task, data: str | Path) -> TaskData:
 
 def load_hub(task: Task, name: str) -> TaskData:
     """GLUE task from the hub through `datasets` (needs a network), e.g. name="nyu-mll/glue"."""
-    import datasets
+    try:  # imported here only: local files need no `datasets`, and machines without it run everything else
+        import datasets
+    except ImportError:
+        raise ValueError(f"loading {name!r} from the hub needs the `datasets` package (pip install datasets); "
+                         "or give a local folder") from None
 
     try:
         ds = datasets.load_dataset(name, task.name)
