@@ -86,7 +86,7 @@ def test_resume_after_a_kill_gives_the_same_result(stage, after, tiny_encoder, g
 
 def test_resume_refuses_a_different_configuration(tiny_encoder, glue_dir, tmp_path):
     finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=1))
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="was started with other settings: epochs 1 in the run, 2 now; resume with"):
         finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=2), resume=True)
 
 

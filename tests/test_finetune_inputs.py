@@ -79,7 +79,7 @@ def test_existing_run_is_never_overwritten_without_permission(run, tiny_encoder,
     before = (out / "results.json").read_text()
     expect_error(run, [*base_args(tiny_encoder, glue_dir, out), "--method", "full"], "not empty; pass --resume")
     expect_error(run, [*base_args(tiny_encoder, glue_dir, out), "--method", "full", "--lr", "1e-3", "--resume"],
-                 "different configuration")
+                 "started with other settings: lr 2e-05 in the run, 0.001 now;")
     assert (out / "results.json").read_text() == before
     assert run(*base_args(tiny_encoder, glue_dir, out), "--method", "full", "--overwrite")[0] == 0
 

@@ -132,7 +132,7 @@ def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tin
     out = tmp_path / "eb"
     results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, out))
     artefacts = {"config.json", "theta0.safetensors", "search.json", "ticket.json", "mask_history.json", "phase1.json",
-                 "phase2.json", "phase1_model", "phase2_model", "model", "results.json", "report.md",
+                 "phase2.json", "phase1_model", "phase2_model", "model", "results.json", "report.md", "attempts.json",
                  "mask_distance.png", "ticket.png", "loss.png"}
     assert {p.name for p in out.iterdir()} == artefacts  # and no checkpoint left behind
     assert "![Mask distance during the search" in (out / "report.md").read_text()

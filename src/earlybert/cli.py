@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -31,6 +32,18 @@ logger = logging.getLogger("earlybert")
 
 class CliError(Exception):
     """Bad input: reported as one line and exit status 2."""
+
+
+def is_main_process() -> bool:
+    """Rank 0, or no launcher: torchrun and `accelerate launch` set RANK in every process they start. Read from the
+    environment because results and log lines must be silenced before any process group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(text: str) -> None:
+    """Print a result once per job, not once per process."""
+    if is_main_process():
+        print(text)
 
 
 def load_config(name_or_path: str):
@@ -241,18 +254,21 @@ def cmd_finetune(args) -> int:
     from .finetune import finetune
 
     results = finetune(finetune_config(args, args.method), resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({k: results[k] for k in ("method", "task", "metrics", "total_step_time_s",
+    say(json.dumps({k: results[k] for k in ("method", "task", "metrics", "total_step_time_s",
                                               "fraction_saved_vs_estimated_full")}, indent=1))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
+    from .compare import FIGURE, compare
     from .report import comparison_table
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    runs = compare(finetune_config(args, "full"), args.methods.split(","), seeds, args.resume, args.overwrite)
-    print(comparison_table(runs)[1])
+    compare(finetune_config(args, "full"), args.methods.split(","), seeds, args.resume, args.overwrite)
+    # The folder's table (this call's runs and earlier calls' other seeds), last, after every log line.
+    root = Path(args.output)
+    runs = [json.loads(p.read_text()) for p in sorted(root.glob("*-seed*/results.json"))]
+    say(f"report: {root / 'report.md'}; figure: {root / FIGURE}\n\n{comparison_table(runs)[1]}")
     return 0
 
 
@@ -294,7 +310,7 @@ def cmd_pretrain(args) -> int:
         results[method] = pretrain(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after_steps)
     paused = [m for m, r in results.items() if r is None]
     if paused:  # with compare, each method ran a slice: calling again interleaves the two runs
-        print(f"paused ({', '.join(paused)}) after {args.stop_after_steps} steps; run again with --resume to continue")
+        say(f"paused ({', '.join(paused)}) after {args.stop_after_steps} steps; run again with --resume to continue")
         return 0
     summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
     if len(results) == 2:
@@ -302,7 +318,7 @@ def cmd_pretrain(args) -> int:
         from .ticket import atomic_write_text
 
         atomic_write_text(Path(args.output) / "comparison.json", json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
+    say(json.dumps(summary, indent=1))
     return 0
 
 
@@ -383,7 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun / accelerate launch, the other processes keep quiet but for errors: one job, one log.
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not is_main_process():
+        import transformers
+
+        transformers.logging.set_verbosity_error()
     try:
         return args.func(args)
     except (CliError, ValueError, TypeError) as e:

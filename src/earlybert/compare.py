@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .finetune import METHODS, FinetuneConfig, RunFolder, finetune
-from .report import comparison_table
+from .report import comparison_table, data_name, plot_comparison
 from .ticket import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+FIGURE = "comparison.png"  # next to the comparison's report.md
 
 
 def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: bool = False,
@@ -57,6 +59,9 @@ def _write_table(root: RunFolder) -> None:
         return
     rows, table = comparison_table(runs)
     root.write_json("comparison.json", {"runs": runs, "rows": rows})
+    plot_comparison(runs, root.path / FIGURE)
     note = ("Runs were executed one after another on the same machine; time is the per-step protocol's total "
             "(forward, backward, optimizer; data loading excluded), EarlyBERT's including its search.")
-    atomic_write_text(root.path / "report.md", f"# Comparison on {runs[0]['task']}\n\n{table}\n{note}\n")
+    names = " and ".join(dict.fromkeys(data_name(r) for r in runs))
+    figure = f"![score against training time, error bars over seeds]({FIGURE})"
+    atomic_write_text(root.path / "report.md", f"# Comparison on {names}\n\n{table}\n{note}\n\n{figure}\n")

@@ -8,6 +8,7 @@ is declared in `TASKS` rather than handled in code branches.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import random
@@ -81,6 +82,7 @@ def _read_rows(path: Path, header: bool, columns: tuple[str, ...] | None) -> lis
         raise ValueError(f"data file {path} is empty")
     if path.suffix in (".jsonl", ".json"):
         return _read_json_lines(path)
+    check_utf8(path)
     delimiter = "," if path.suffix == ".csv" else "\t"
     quoting = csv.QUOTE_MINIMAL if path.suffix == ".csv" else csv.QUOTE_NONE
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
@@ -103,7 +105,32 @@ def _read_rows(path: Path, header: bool, columns: tuple[str, ...] | None) -> lis
     return rows
 
 
+def check_utf8(path: Path) -> None:
+    """ValueError naming the file and the first offending byte (0-based offset) unless it is UTF-8 text.
+
+    Checked up front because the codec's own message names neither the file nor where in it, and a latin-1,
+    gzip or binary file would otherwise fail mid-read. Read in blocks, so a large file costs no extra memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                # e.start counts from the bytes the decoder held back from the previous block plus this block.
+                held = len(decoder.getstate()[0])
+                raise ValueError(f"data file {path} is not UTF-8 text (byte {offset - held + e.start}); "
+                                 "save it as UTF-8 (decompress it first if it is compressed)") from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"data file {path} is not UTF-8 text (byte {offset - len(e.object) + e.start}); "
+                             "it ends inside a character") from None
+
+
 def _read_json_lines(path: Path) -> list[dict]:
+    check_utf8(path)
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):

@@ -16,7 +16,10 @@ import json
 import logging
 import math
 import shutil
+import statistics
+import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -153,6 +156,110 @@ class RunFolder:
         path = self.path / name
         return json.loads(path.read_text()) if path.exists() else None
 
+    def check_resume(self, config: dict) -> dict | None:
+        """For --resume, before anything is written: None to go on (continue the run, or start it when there is
+        nothing to resume, which is announced); the stored results when the run already finished, so nothing is
+        retrained or rewritten. ValueError naming each setting that differs from the run's own config.json.
+
+        The output path is not part of a run's identity: a run folder that was moved or copied resumes."""
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            if self.is_main:
+                logger.warning("nothing to resume in %s (%s); starting a new run", self.path,
+                               "empty folder" if self.path.is_dir() else "no such folder")
+            return None
+        saved = self.read_json("config.json")
+        if saved is None:
+            raise ValueError(f"{self.path} is not a run folder (no config.json), so there is nothing to resume; "
+                             "use a new --output, or --overwrite to replace it")
+        differences = _differences(saved, json.loads(json.dumps(config)))
+        if differences:
+            raise ValueError(f"run folder {self.path} was started with other settings: {'; '.join(differences)}; "
+                             "resume with the run's own settings (its config.json) or use a new --output")
+        results = self.read_json("results.json")  # written last: its presence means the run finished
+        if results is not None and self.is_main:
+            logger.warning("run %s already finished; nothing was rerun or rewritten (--overwrite runs it again)",
+                           self.path)
+        return results
+
+
+IDENTITY_IGNORES = ("output",)  # where a run lives is not what it is: a moved or copied run folder resumes
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """'name: run value -> now value' for every setting (nested ones as a.b) that differs, output path aside."""
+    out = []
+    for key in dict.fromkeys([*saved, *now]):
+        if not prefix and key in IDENTITY_IGNORES:
+            continue
+        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} {old!r} in the run, {new!r} now")
+    return out
+
+
+class WallClock:
+    """Wall time of a run over every attempt of it (a run resumed after a kill counts the killed attempt too).
+
+    `attempts.json` in the run folder lists the seconds of each attempt. The running attempt's entry is rewritten
+    every `every_s` seconds by a background thread, so an attempt killed without warning (kill -9, a scheduler's
+    time limit) still leaves its time, to within `every_s`."""
+
+    FILE = "attempts.json"
+
+    def __init__(self, folder: RunFolder, every_s: float = 5.0):
+        self.folder = folder
+        self.every_s = every_s
+        self.previous = [float(s) for s in (folder.read_json(self.FILE) or {}).get("attempts_s", [])]
+        self.start = time.perf_counter()
+        self._end: float | None = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def begin(self) -> "WallClock":
+        """Call once the run folder exists; only the main process writes."""
+        if self.folder.is_main:
+            self._write()
+            # The thread holds the clock weakly, so a run that failed with an exception drops the clock and the
+            # heartbeat ends with it (see __del__) instead of writing into the folder for the life of the process.
+            self._thread = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._stop, self.every_s),
+                                            name="earlybert-wall-clock", daemon=True)
+            self._thread.start()
+        return self
+
+    def _write(self) -> None:
+        self.folder.write_json(self.FILE, {"attempts_s": [*self.previous, self.elapsed_s()]})
+
+    def elapsed_s(self) -> float:
+        return (self._end if self._end is not None else time.perf_counter()) - self.start
+
+    def total_s(self) -> float:
+        return sum(self.previous) + self.elapsed_s()
+
+    def stop(self) -> float:
+        """Stops the heartbeat and records this attempt; returns the total over all attempts."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._end is None:
+            self._end = time.perf_counter()  # the attempt's time, frozen: the file and the results say the same
+            if self._thread is not None:
+                self._write()
+        return self.total_s()
+
+    def __del__(self):
+        self._stop.set()
+
+
+def _heartbeat(clock_ref, stop: threading.Event, every_s: float) -> None:
+    while not stop.wait(every_s):
+        clock = clock_ref()
+        if clock is None or not clock.folder.path.is_dir():  # dropped, or its folder removed
+            return
+        clock._write()
+        del clock
+
 
 def _seeded_model(config: FinetuneConfig, task_info):
     """The pretrained encoder with a task head; re-seeded so every load gets the same head initialisation."""
@@ -198,6 +305,72 @@ def _linear_flops_per_step(model, task_info, config: FinetuneConfig) -> int:
     return count_flops(model, {k: v.to(device) for k, v in batch.items()})["linear"]
 
 
+def _data_name(config: FinetuneConfig, task_info) -> str:
+    """What the run was trained on, for titles: the task, or the user's own files by name (not "custom")."""
+    if config.train_file:
+        return f"{Path(config.train_file).name} / {Path(config.validation_file).name}"
+    return task_info.name
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+
+
+INFERENCE_BATCHES = 4  # evaluation batches timed per repetition
+INFERENCE_REPETITIONS = 5
+
+
+@torch.inference_mode()
+def trained_vs_full(config: FinetuneConfig, task_info, trained, model_dir: Path, accelerator) -> dict:
+    """What the user got: parameters, size on disk and inference time per evaluation batch, trained model against
+    the full pretrained one with the same head (same data, batch size, device and precision).
+
+    The two models run in turns (trained, full, then full, trained, ...) so that a machine's drift (other jobs,
+    clocks, caches) falls on both alike; the medians over the repetitions are compared."""
+    import tempfile
+
+    full = _seeded_model(config, task_info).to(accelerator.device).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        full.save_pretrained(tmp)
+        full_bytes = _weights_bytes(Path(tmp))
+    was_training = trained.training
+    trained.eval()
+    features = next(iter(task_info.eval_features.values()))
+    collate = padding_collator(task_info.tokenizer, config.max_length if task_info.is_squad else None)
+    size = config.batch_size
+    batches = [{k: v.to(accelerator.device) for k, v in collate(features[i:i + size]).items() if k != "labels"}
+               for i in range(0, min(len(features), INFERENCE_BATCHES * size), size)]
+    models = {"trained": trained, "full": full}
+    seconds = {name: [] for name in models}
+
+    def run(model) -> float:
+        start = time.perf_counter()
+        with accelerator.autocast():
+            for batch in batches:
+                model(**batch)
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / len(batches)
+
+    for model in models.values():  # warm-up: first calls pay for allocation and kernel selection
+        run(model)
+    for repetition in range(INFERENCE_REPETITIONS):
+        for name in (("trained", "full") if repetition % 2 == 0 else ("full", "trained")):
+            seconds[name].append(run(models[name]))
+    trained.train(was_training)
+    per_batch = {name: statistics.median(values) for name, values in seconds.items()}
+    counts = {"trained": sum(p.numel() for p in trained.parameters()), "full": sum(p.numel() for p in full.parameters())}
+    disk = {"trained": _weights_bytes(model_dir), "full": full_bytes}
+    del full
+    return {
+        "parameters": {**counts, "ratio": counts["trained"] / counts["full"]},
+        "size_on_disk_bytes": {**disk, "ratio": disk["trained"] / disk["full"]},
+        "inference_s_per_batch": {**per_batch, "ratio": per_batch["trained"] / per_batch["full"],
+                                  "batches": len(batches), "batch_size": size, "repetitions": INFERENCE_REPETITIONS,
+                                  "device": str(accelerator.device), "per_repetition": seconds},
+    }
+
+
 def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run one method end to end into `config.output`; returns results.json's content."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -205,7 +378,6 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     from . import report
     from .tasks import evaluate_model, prepare_task
 
-    wall_start = time.perf_counter()
     mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.method == "layerdrop")
 
@@ -217,9 +389,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
 
     accelerator = new_accelerator()
     folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    saved = folder.read_json("config.json")
-    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
-        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    finished = folder.check_resume(config.to_dict()) if resume else None
+    if finished is not None:
+        return finished
     task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
     if config.method in ("earlybert", "random"):  # impossible ratios for this model's shape fail now, not mid-run
         heads, ffn = config_layer_shapes(task_info.model_config)
@@ -229,6 +401,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     accelerator.wait_for_everyone()
     folder.create()
     accelerator.wait_for_everyone()
+    clock = WallClock(folder).begin()
     folder.write_json("config.json", config.to_dict())
     logger.info("configuration: %s", json.dumps(config.to_dict()))
     stages: dict[str, dict] = {}
@@ -322,7 +495,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "headline_metric": task_info.headline,
         "stages": stages,
         "total_step_time_s": total_step_s,
-        "wall_time_s": time.perf_counter() - wall_start,
+        "wall_time_s": clock.total_s(),
         "full_run_steps": full_steps,
         "estimated_full_step_time_s": full_estimate,
         "fraction_saved_vs_estimated_full": None if not full_estimate else 1 - total_step_s / full_estimate,
@@ -332,12 +505,17 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "parameters": sum(p.numel() for p in model.parameters()),
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
     }
+    results["data"] = _data_name(config, task_info)
     if accelerator.is_main_process:
         model_dir = folder.path / "model"
         accelerator.unwrap_model(model).save_pretrained(model_dir)
         task_info.tokenizer.save_pretrained(model_dir)
-        folder.write_json("results.json", results)
+        results["trained_vs_full"] = trained_vs_full(config, task_info, accelerator.unwrap_model(model), model_dir,
+                                                     accelerator)
+    results["wall_time_s"] = clock.stop()
+    if accelerator.is_main_process:
         report.write_run_report(folder.path, config, results, ticket, history, losses)
+        folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
     remove_checkpoint(folder.path / "train_checkpoint", accelerator)  # only now: results are safely on disk
     accelerator.wait_for_everyone()
     logger.info("done: %s %s = %.2f; step time %.1fs", config.method, task_info.headline, results["score"], total_step_s)

@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,6 +72,12 @@ class PretrainConfig:
     def __post_init__(self):
         if self.method not in ("full", "earlybert"):
             raise ValueError(f"unknown pre-training method {self.method!r}; choose full or earlybert")
+        # Checked here, before any tokenizer or data is read: a name that is not a preset used to go to the hub,
+        # which offline retries for minutes before failing. Pre-training needs only a config, so only a preset or
+        # a local config.json / model folder is taken (download a hub model's config.json to use its shape).
+        if self.config not in NAMED_CONFIGS and not Path(self.config).expanduser().exists():
+            raise ValueError(f"unknown config {self.config!r}: choose a preset ({', '.join(NAMED_CONFIGS)}) or give "
+                             "a config.json or model folder that exists")
         if isinstance(self.gates, dict):
             self.gates = GateConfig(**self.gates)
         if isinstance(self.ticket, dict):
@@ -324,11 +329,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     and return None; calling again with resume=True continues exactly where it stopped."""
     from accelerate import Accelerator
 
-    from .finetune import RunFolder
+    from .finetune import RunFolder, WallClock
     from .flops import count_flops
     from .mlm_data import SeededMLMCollator
 
-    wall_start = time.perf_counter()
     budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
     mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
 
@@ -338,13 +342,14 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
 
     accelerator = new_accelerator(0)
     folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    saved = folder.read_json("config.json")
-    if resume and saved is not None and saved != json.loads(json.dumps(config.to_dict())):
-        raise ValueError(f"run folder {folder.path} was started with a different configuration; use a new --output")
+    finished = folder.check_resume(config.to_dict()) if resume else None
+    if finished is not None:
+        return finished
     with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
         tokenizer, model_config, phases = prepare(config)
     accelerator.wait_for_everyone()
     folder.create()
+    clock = WallClock(folder).begin()
     folder.write_json("config.json", config.to_dict())
     with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank
         theta0 = _theta0(model_config, config.seed, folder.path)
@@ -354,6 +359,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
                                                        collator, model_config, theta0, budget)
     except Paused as paused:
         logger.info("paused in %s after %d steps; resume to continue", paused, stop_after)
+        clock.stop()
         accelerator.wait_for_everyone()
         return None
 
@@ -373,7 +379,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         "held_out": evaluation,
         "stages": stages,
         "total_step_time_s": total_step_s,
-        "wall_time_s": time.perf_counter() - wall_start,
+        "wall_time_s": clock.stop(),
         "full_run_steps": list(config.phase_steps),
         "parameters": sum(p.numel() for p in model.parameters()),
         "linear_flops_per_phase1_step": flops,
@@ -384,7 +390,6 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     if accelerator.is_main_process:
         model.save_pretrained(folder.path / "model")
         tokenizer.save_pretrained(folder.path / "model")
-        folder.write_json("results.json", results)
         lines = [f"# {config.method} pre-training (seed {config.seed})", "",
                  "| stage | steps | step time (s) | mean step (s) |", "|---|---|---|---|",
                  *[f"| {k} | {v['steps']} | {v['step_time_s']:.1f} | {v['mean_step_s']:.3f} |" for k, v in stages.items()],
@@ -394,5 +399,6 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
                  f"saved: {results['theoretical_fraction_saved_flops']:.1%}.", ""]
         lines += _figures(folder, ticket, losses)
         atomic_write_text(folder.path / "report.md", "\n".join(lines))
+        folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
     accelerator.wait_for_everyone()
     return results

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import check_utf8
+
 # ---------------------------------------------------------------------------------------------------- reading
 
 
@@ -31,6 +33,7 @@ def read_squad(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"SQuAD file not found: {path}")
+    check_utf8(path)
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)

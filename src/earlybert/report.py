@@ -31,16 +31,28 @@ def plot_mask_distance(history: dict, path: Path) -> None:
     tracker = EarlyBird()
     tracker.load_state_dict(history)
     steps = tracker.steps
+    # One cell per recorded mask, labelled with the optimizer step it was recorded at (an integer): the steps
+    # need not be evenly spaced (the last record is wherever the search stopped), so no continuous axis fits.
+    ticks = _tick_positions(len(steps))
+    labels = [str(int(steps[i])) for i in ticks]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, kind, title in zip(axes, ("heads", "ffn"), ("self-attention heads", "FFN neurons")):
-        image = ax.imshow(tracker.distance_matrix(kind), cmap="viridis", vmin=0, vmax=1, origin="lower",
-                          extent=(steps[0] - 0.5, steps[-1] + 0.5, steps[0] - 0.5, steps[-1] + 0.5))
+        image = ax.imshow(tracker.distance_matrix(kind), cmap="viridis", vmin=0, vmax=1, origin="lower")
+        ax.set_xticks(ticks, labels)
+        ax.set_yticks(ticks, labels)
         ax.set_title(f"mask distance: {title}")
         ax.set_xlabel("search step")
         ax.set_ylabel("search step")
     fig.colorbar(image, ax=axes, shrink=0.85, label="normalised Hamming distance")
     fig.suptitle(f"early-bird search: stopped at step {steps[-1]} ({history.get('stop_reason')})")
     _save(fig, path)
+
+
+def _tick_positions(n: int, most: int = 8) -> list[int]:
+    """Indices of at most `most` evenly spread records, always including the first and the last."""
+    if n <= most:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
 def plot_ticket(ticket: Ticket, path: Path) -> None:
@@ -111,6 +123,7 @@ def write_run_report(folder: Path, config, results: dict, ticket: Ticket | None,
         f"{_fmt(results['theoretical_fraction_saved_flops'], '.1%')}.",
         "",
     ]
+    lines += trained_vs_full_lines(results)
     if ticket is not None:
         lines += ["## Ticket", "", ticket.summary(), ""]
     for caption, name in figures:
@@ -118,18 +131,54 @@ def write_run_report(folder: Path, config, results: dict, ticket: Ticket | None,
     atomic_write_text(folder / "report.md", "\n".join(lines))
 
 
+def trained_vs_full_lines(results: dict) -> list[str]:
+    """report.md's section on what the user got: size and inference speed of the trained model against the full."""
+    got = results.get("trained_vs_full")
+    if not got:
+        return []
+    params, disk, infer = got["parameters"], got["size_on_disk_bytes"], got["inference_s_per_batch"]
+    return [
+        "## What you got: the trained model against the full one",
+        "",
+        f"| | trained ({results['method']}) | full | trained / full |",
+        "|---|---|---|---|",
+        f"| parameters | {params['trained'] / 1e6:.2f} M | {params['full'] / 1e6:.2f} M | {params['ratio']:.2f} |",
+        f"| size on disk (weights) | {disk['trained'] / 2**20:.1f} MiB | {disk['full'] / 2**20:.1f} MiB "
+        f"| {disk['ratio']:.2f} |",
+        f"| inference time per evaluation batch | {infer['trained'] * 1e3:.1f} ms | {infer['full'] * 1e3:.1f} ms "
+        f"| {infer['ratio']:.2f} |",
+        "",
+        f"Inference: median over {infer['repetitions']} repetitions of the same {infer['batches']} evaluation "
+        f"batches of {infer['batch_size']} on {infer['device']}, the two models in alternating order; the full "
+        "model is the pretrained encoder with the same task head.",
+        "",
+    ]
+
+
 def mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+METHOD_ORDER = ("full", "earlybert", "random", "layerdrop")  # the baseline first, as in the paper's tables
+
+
+def data_name(run: dict) -> str:
+    """The data a run was trained on: the task, or the user's files by name (runs before this key: the task)."""
+    return run.get("data") or run["task"]
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
 def comparison_table(runs: list[dict]) -> tuple[list[dict], str]:
-    """Rows per (task, method): mean +- std of the score over seeds, mean step time, time saved vs full."""
+    """Rows per (data, method), full first: mean +- std of the score over seeds, mean step time, time saved vs full."""
     rows = []
-    for task in dict.fromkeys(r["task"] for r in runs):
-        task_runs = [r for r in runs if r["task"] == task]
+    for task in dict.fromkeys(data_name(r) for r in runs):
+        task_runs = [r for r in runs if data_name(r) == task]
         full_times = [r["total_step_time_s"] for r in task_runs if r["method"] == "full"]
         full_time = statistics.mean(full_times) if full_times else None
-        for method in dict.fromkeys(r["method"] for r in task_runs):
+        for method in sorted(dict.fromkeys(r["method"] for r in task_runs), key=_method_key):
             chosen = [r for r in task_runs if r["method"] == method]
             score, spread = mean_spread([r["score"] for r in chosen])
             time_s = statistics.mean(r["total_step_time_s"] for r in chosen)
@@ -150,3 +199,24 @@ def comparison_table(runs: list[dict]) -> tuple[list[dict], str]:
             f"| {r['step_time_s']:.1f} | {_fmt(r['time_saved_vs_full'], '.1%')} | {_fmt(r['theoretical_saved'], '.1%')} |"
         )
     return rows, "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs: list[dict], path: Path) -> None:
+    """Score against measured training time (per-step protocol, EarlyBERT's including its search), one point per
+    method at its mean over seeds, error bars one standard deviation over seeds on both axes."""
+    names = list(dict.fromkeys(data_name(r) for r in runs))
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        chosen = [r for r in runs if data_name(r) == name]
+        for method in sorted(dict.fromkeys(r["method"] for r in chosen), key=_method_key):
+            own = [r for r in chosen if r["method"] == method]
+            time_s, time_sd = mean_spread([r["total_step_time_s"] for r in own])
+            score, score_sd = mean_spread([r["score"] for r in own])
+            ax.errorbar(time_s, score, xerr=time_sd, yerr=score_sd, fmt="o", capsize=4,
+                        label=f"{method} ({len(own)} seed{'s' if len(own) > 1 else ''})")
+        ax.set_xlabel("training time (s, per-step protocol)")
+        ax.set_ylabel(f"{chosen[0]['headline_metric']}")
+        ax.set_title(f"{name}: score against training time")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)

@@ -36,13 +36,26 @@ class TaskInfo:
         return self.task is None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name_or_path: str):
+    """The tokenizer of a local folder or hub name; ValueError with one complete line when there is none."""
     from transformers import AutoTokenizer
 
+    path = Path(name_or_path).expanduser()
+    # A path-like name that does not exist is a typo, not a hub id: say so instead of transformers' repo-id rules.
+    if not path.exists() and (path.is_absolute() or name_or_path.startswith((".", "~"))):
+        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: no such folder")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: the folder has none of "
+                         f"{', '.join(TOKENIZER_FILES)}; give the folder or hub name of the model's tokenizer")
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        # transformers' messages run over several lines (numbered lists, advice): all of it, on one line.
+        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: {' '.join(str(e).split())}") from None
 
 
 def load_model_config(name_or_path: str):
