@@ -1,10 +1,10 @@
-"""EarlyBERT's search inside a `transformers.Trainer`, for people who already train with one.
+"""EarlyBERT inside a `transformers.Trainer`, for people who already train with one: search, draw, slim model.
 
     gates = earlybert.add_gates(model)            # before building the Trainer (its optimizer must see the gates)
     callback = EarlyBirdCallback(gates)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[callback])
-    trainer.train()                                # stops by itself when the ticket has emerged
-    ticket = callback.tracker.ticket
+    Trainer(model=model, args=args, train_dataset=ds, callbacks=[callback]).train()  # stops at the early bird
+    ticket, slim = callback.slim_model()           # pretrained weights, same head init, pruned by the ticket
+    Trainer(model=slim, args=slim_training_args(args), train_dataset=ds).train()     # 2x the learning rate
 
 The L1 penalty enters as its gradient, lambda * sign(c), added to the gates' gradients once per optimizer step
 (`on_pre_optimizer_step`): Trainer owns the loss, and this keeps the penalty's weight independent of gradient
@@ -13,14 +13,16 @@ accumulation. Trainer clips gradients before this event, so the penalty gradient
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from transformers import TrainerCallback
 
-from .gates import GateConfig, GateSet
+from .gates import GATES_ATTR, GateConfig, GateSet, remove_gates
+from .prune import prune
 from .search import EarlyBird, SearchConfig
-from .ticket import TicketConfig
+from .ticket import Ticket, TicketConfig
 
 
 class EarlyBirdCallback(TrainerCallback):
@@ -31,8 +33,17 @@ class EarlyBirdCallback(TrainerCallback):
         self.search_config = search_config
         self.ticket_config = ticket_config or TicketConfig()
         self.tracker: EarlyBird | None = None
+        self._model = None
+        self._initial_state: dict[str, torch.Tensor] | None = None
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        # The weights the search starts from (the pretrained encoder and the task head as initialised), on the CPU
+        # and without the gates: the slim model restarts from exactly these (paper Sec. 3.2), same head init.
+        if model is not None and self._initial_state is None:
+            self._model = model
+            self._initial_state = {name: value.detach().to("cpu", copy=True)
+                                   for name, value in model.state_dict().items()
+                                   if not name.startswith(GATES_ATTR + ".")}
         # Default budget: 0.2 epoch (the paper's fine-tuning search). An epoch's optimizer steps are counted the
         # way Trainer counts them: its dataloader's batches over the accumulation steps.
         config = self.search_config
@@ -55,3 +66,31 @@ class EarlyBirdCallback(TrainerCallback):
         if self.tracker.record(state.global_step, self.gates):
             control.should_training_stop = True
         return control
+
+    def slim_model(self, model=None) -> tuple[Ticket, torch.nn.Module]:
+        """After the search: the ticket, and the model to train, i.e. the searched model with its gates removed,
+        reset to the weights the search started from (pretrained encoder, same task-head initialisation) and
+        pruned by the ticket. The model is changed in place (no second copy in memory) and returned.
+
+        Give it to a new Trainer (its optimizer must be built for the slim parameters), with `slim_training_args`
+        for the paper's 2x learning rate. The result saves with `save_pretrained` and reloads with the Auto
+        classes after `import earlybert`."""
+        if self.tracker is None or not self.tracker.steps:
+            raise ValueError("the search has not run: call trainer.train() with this callback first")
+        model = model if model is not None else self._model
+        if model is None or self._initial_state is None:
+            raise ValueError("no model seen at the start of training; pass the searched model")
+        ticket = self.tracker.ticket
+        remove_gates(model)
+        model.load_state_dict(self._initial_state)
+        prune(model, ticket)
+        return ticket, model
+
+
+def slim_training_args(args, lr_scale: float = 2.0, **changes):
+    """A copy of the search's TrainingArguments for training the slim model: `lr_scale` times the learning rate
+    (2 for GLUE in the paper, 1 for SQuAD), with any other field changed by keyword (e.g. num_train_epochs=2,
+    output_dir=...)."""
+    if lr_scale <= 0:
+        raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
+    return dataclasses.replace(args, learning_rate=args.learning_rate * lr_scale, **changes)
