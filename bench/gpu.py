@@ -561,24 +561,25 @@ def part_b(args, report: Report, device: torch.device, budget_s: float, payload:
 STAGES = ("search", "phase1", "phase2")
 
 
-def run_clock(run_dir: Path) -> tuple[list[float], list[float]]:
-    """Per-step times and losses of a pre-training run so far, finished stages and the paused one alike."""
-    from earlybert.train import find_checkpoint
+def run_clock(run_dir: Path) -> tuple[list[float], list[float], float]:
+    """Per-step times and losses of a pre-training run so far, finished stages and the paused one alike, and its
+    total step time as the library counts it (`StageResult.step_time_s`, stage by stage)."""
+    from earlybert.train import StageResult, find_checkpoint
 
-    times, losses = [], []
+    times, losses, total = [], [], 0.0
     for stage in STAGES:
         done = run_dir / f"{stage}.json"
+        checkpoint = None if done.exists() else find_checkpoint(run_dir / f"{stage}_checkpoint")
         if done.exists():
             data = json.loads(done.read_text())
-            times += data["step_times"]
-            losses += data["losses"]
+        elif checkpoint is not None:
+            data = json.loads((checkpoint / "progress.json").read_text())["result"]
+        else:
             continue
-        checkpoint = find_checkpoint(run_dir / f"{stage}_checkpoint")
-        if checkpoint is not None:
-            result = json.loads((checkpoint / "progress.json").read_text())["result"]
-            times += result["step_times"]
-            losses += result["losses"]
-    return times, losses
+        times += data["step_times"]
+        losses += data["losses"]
+        total += StageResult(stage, steps=len(data["step_times"]), step_times=list(data["step_times"])).step_time_s
+    return times, losses, total
 
 
 def paused_model(config, run_dir: Path, model_config):
@@ -664,7 +665,7 @@ def part_c(args, report: Report, device: torch.device, budget_s: float, payload:
     slice_steps, per_call = args.pretrain_slice, 0.0
     median = lambda xs: statistics.median(xs[-50:])  # noqa: E731  (recent steps: past the warm-up)
     while "earlybert" not in results or "full" not in results:
-        eb_times, full_times = run_clock(dirs["earlybert"])[0], run_clock(dirs["full"])[0]
+        (eb_times, _, eb_s), (full_times, _, full_s) = run_clock(dirs["earlybert"]), run_clock(dirs["full"])
         # a round: one EarlyBERT slice and full's catch-up, each a call's fixed cost (checks, theta_0, resume)
         # plus its steps, judged from the rounds so far
         round_s = 2 * (per_call + slice_steps * median(eb_times + full_times)) if eb_times else 0.0
@@ -675,25 +676,26 @@ def part_c(args, report: Report, device: torch.device, budget_s: float, payload:
             t0 = time.perf_counter()
             call("earlybert", slice_steps)
             before = len(eb_times)
-            eb_times = run_clock(dirs["earlybert"])[0]
+            eb_times, _, eb_s = run_clock(dirs["earlybert"])
             per_call = max(per_call, time.perf_counter() - t0 - sum(eb_times[before:]))
         if "full" in results:
             continue
         if equal is None:
-            behind = sum(eb_times) - sum(full_times)
-            if behind > 0:  # full runs until its step time has caught up with EarlyBERT's
-                call("full", max(1, round(behind / median(full_times or eb_times))))
-                full_times = run_clock(dirs["full"])[0]
+            behind = eb_s - full_s
+            # full runs until its step time has caught up with EarlyBERT's, but stops short of its own last step,
+            # so that there is a paused full model to compare even where the slim model is no faster (toy sizes)
+            left = sum(configs["full"].phase_steps) - len(full_times) - 1
+            if behind > 0 and left > 0:
+                call("full", min(left, max(1, round(behind / median(full_times or eb_times)))))
+                full_times, _, full_s = run_clock(dirs["full"])
             if "earlybert" in results:
-                equal = {"step_time_s": {"earlybert": sum(eb_times), "full": sum(full_times)},
+                equal = {"step_time_s": {"earlybert": eb_s, "full": full_s},
                          "earlybert_steps": len(eb_times), "full_steps": len(full_times)}
-                if "full" in results:  # full ended before EarlyBERT's time: no paused state to compare
-                    equal["note"] = "full finished within EarlyBERT's step time"
-                else:
-                    model_config = prepare(configs["full"])[1]
-                    model = paused_model(configs["full"], dirs["full"], model_config)
-                    equal["held_out"] = {"earlybert": results["earlybert"]["held_out"],
-                                         "full": held_out(configs["full"], model, device, args.mixed_precision)}
+                if full_s < 0.95 * eb_s:
+                    equal["note"] = "full reached its last step but one before EarlyBERT's step time"
+                model = paused_model(configs["full"], dirs["full"], prepare(configs["full"])[1])
+                equal["held_out"] = {"earlybert": results["earlybert"]["held_out"],
+                                     "full": held_out(configs["full"], model, device, args.mixed_precision)}
                 part["equal_time"] = equal
                 report.save()
         else:  # after the equal-time point: full to its end, in as many steps as the budget allows per call
@@ -716,7 +718,7 @@ def part_c(args, report: Report, device: torch.device, budget_s: float, payload:
 
 def summarize_pretrain(results: dict, clocks: dict, configs: dict) -> dict:
     out = {"finished": sorted(results), "steps_done": {m: len(c[0]) for m, c in clocks.items()},
-           "step_time_s": {m: sum(c[0]) for m, c in clocks.items()}}
+           "step_time_s": {m: c[2] for m, c in clocks.items()}}
     if set(results) == {"earlybert", "full"}:
         eb_r, full_r = results["earlybert"], results["full"]
         out["time_saved"] = 1 - eb_r["total_step_time_s"] / full_r["total_step_time_s"]
@@ -745,7 +747,7 @@ def loss_plot(clocks: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for method, (times, losses) in clocks.items():
+    for method, (times, losses, _) in clocks.items():
         n = min(len(times), len(losses))
         if n:
             clock = [sum(times[: i + 1]) for i in range(n)]
