@@ -81,7 +81,7 @@ def search_arm(full: torch.nn.Module):
     """A gated copy of the full model with its optimizer (gates at their own learning rate) and a tracker that
     records every step and never stops (epsilon 0)."""
     from earlybert.gates import GateConfig
-    from earlybert.train import decay_groups
+    from earlybert.gates import decay_groups
 
     gated = copy.deepcopy(full)
     eb.add_gates(gated)

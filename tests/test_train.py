@@ -10,8 +10,8 @@ from accelerate import Accelerator
 import earlybert as eb
 from earlybert.data import padding_collator
 from earlybert.finetune import FinetuneConfig, finetune
-from earlybert.gates import GATE_LR, GateConfig
-from earlybert.train import WARMUP_STEPS, StageResult, TrainConfig, decay_groups, make_optimizer, step_time_ratio
+from earlybert.gates import GATE_LR, GateConfig, decay_groups
+from earlybert.train import WARMUP_STEPS, StageResult, TrainConfig, make_optimizer, step_time_ratio
 
 from conftest import build, inputs_for
 

@@ -69,3 +69,26 @@ def test_slim_model_before_the_search_says_what_to_do(tiny_encoder):
         callback.slim_model()
     with pytest.raises(ValueError, match="lr_scale must be > 0"):
         slim_training_args(TrainingArguments(output_dir="unused", report_to=[]), lr_scale=0)
+
+
+def test_trainer_search_gives_the_gates_their_own_learning_rate(tiny_encoder, tmp_path, caplog):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    enc = tokenizer(["the movie is good", "the film was bad"] * 8, padding=True)
+    dataset = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": i % 2}
+               for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-5,
+                             report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True)
+    moved = {}
+    for own in (True, False):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=2)
+        gates = eb.add_gates(model)
+        callback = EarlyBirdCallback(gates, search_config=eb.SearchConfig(max_steps=3),
+                                     gate_config=eb.GateConfig(lr=0.05))
+        optimizers = (eb.search_optimizer(model, args.learning_rate, config=callback.gate_config), None) if own else (None, None)
+        caplog.clear()
+        Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback], optimizers=optimizers).train()
+        moved[own] = max((g.detach() - 1).abs().max().item() for g in gates.parameters())
+        warned = any("search_optimizer" in r.getMessage() for r in caplog.records)
+        assert warned is not own  # Trainer's own optimizer: the callback says how to give the gates their rate
+    assert moved[True] > 0.05 and moved[False] < 1e-4  # Adam: about one learning rate per step

@@ -10,7 +10,7 @@ Importing earlybert registers the slim model classes with transformers' Auto cla
 
 from .archs import ARCHS, Arch, get_arch, layer_shapes
 from .flops import count_flops
-from .gates import GateConfig, GateSet, add_gates, get_gates, remove_gates, sparsity_penalty
+from .gates import GateConfig, GateSet, add_gates, get_gates, remove_gates, search_optimizer, sparsity_penalty
 from .prune import prune
 from .search import EarlyBird, SearchConfig, SearchResult, search
 from .slim import SLIM_CONFIGS, SLIM_MODELS
@@ -53,5 +53,6 @@ __all__ = [
     "random_ticket",
     "remove_gates",
     "search",
+    "search_optimizer",
     "sparsity_penalty",
 ]

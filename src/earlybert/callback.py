@@ -14,6 +14,7 @@ accumulation. Trainer clips gradients before this event, so the penalty gradient
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -23,6 +24,8 @@ from .gates import GATES_ATTR, GateConfig, GateSet, remove_gates
 from .prune import prune
 from .search import EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig
+
+logger = logging.getLogger(__name__)
 
 
 class EarlyBirdCallback(TrainerCallback):
@@ -53,6 +56,20 @@ class EarlyBirdCallback(TrainerCallback):
             per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
             config = SearchConfig(max_epoch_fraction=0.2, steps_per_epoch=per_epoch)
         self.tracker = EarlyBird(self.ticket_config, config)
+        self._check_gate_learning_rate(args, kwargs.get("optimizer"))
+
+    def _check_gate_learning_rate(self, args, optimizer) -> None:
+        """Trainer's own optimizer trains the gates at the model's rate; say how to give them theirs."""
+        if optimizer is None:
+            return
+        wanted = self.gate_config.learning_rate(args.learning_rate)
+        gate_ids = {id(p) for p in self.gates.parameters()}
+        rates = {group.get("initial_lr", group["lr"]) for group in optimizer.param_groups
+                 if any(id(p) in gate_ids for p in group["params"])}
+        if rates and rates != {wanted}:
+            logger.warning("the gates train at learning rate %s, not their own %g; pass "
+                           "optimizers=(earlybert.search_optimizer(model, args.learning_rate), None) to the Trainer, "
+                           "or GateConfig(lr='model') for the paper's setting", sorted(rates), wanted)
 
     @torch.no_grad()
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -435,7 +435,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
                 extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
             )
             ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
-            search_done = {"stage": result.summary(), "losses": result.losses,
+            search_done = {"stage": {**result.summary(), "budget": search_cfg.budget}, "losses": result.losses,
                            "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
             folder.write_json("ticket.json", ticket.to_dict())
             folder.write_json("mask_history.json", tracker.to_dict())

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import make_loader
-from .gates import GATES_ATTR
+from .gates import decay_groups
 
 CHECKPOINT = "checkpoint"
 # The first steps of a stage pay one-off costs (thread pools, the allocator, kernel choices for new shapes), more
@@ -123,20 +123,6 @@ class StageResult:
 def steps_per_epoch(num_examples: int, config: TrainConfig, num_processes: int = 1) -> int:
     batches = math.ceil(num_examples / (config.batch_size * num_processes))
     return math.ceil(batches / config.grad_accum)
-
-
-def decay_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:
-    """Optimizer parameter groups: weight decay on the weight matrices; none on biases and LayerNorm, as in BERT;
-    and, when the model is gated, a third group for the gates: no weight decay (they have their own L1 penalty)
-    and their own learning rate `gate_lr` (None: the optimizer's). A scheduler scales every group alike."""
-    decay, no_decay, gates = [], [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (gates if GATES_ATTR in name.split(".") else no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if gates:
-        groups.append({"params": gates, "weight_decay": 0.0, **({} if gate_lr is None else {"lr": gate_lr})})
-    return groups
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
