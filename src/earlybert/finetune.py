@@ -502,6 +502,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "paired_step_time_ratio": calibration,
         "theoretical_fraction_saved_flops": theoretical,
         "linear_flops_per_step": {"full": full_flops, "trained_model": slim_flops},
+        "losses": losses,  # per optimizer step of every stage
         "parameters": sum(p.numel() for p in model.parameters()),
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
     }

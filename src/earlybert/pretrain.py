@@ -386,6 +386,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         "theoretical_fraction_saved_flops": 1 - own_cost / full_cost,
         "layer_shapes": dict(zip(("heads", "ffn"), layer_shapes(model))),
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
+        "losses": losses,  # per optimizer step of every stage
     }
     if accelerator.is_main_process:
         model.save_pretrained(folder.path / "model")
