@@ -59,12 +59,16 @@ def make_optimizer(model, device: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
 
 
+AUTOCAST = {"enabled": False}  # --autocast bf16: mixed precision as accelerate's bf16 runs it (weights in fp32)
+
+
 def train_step(model, optimizer, batch, device, tracker=None) -> float:
     """One timed step; with a tracker, a search step: L1 penalty on the gates and the early-bird record."""
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loss = model(**batch).loss
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=AUTOCAST["enabled"]):
+        loss = model(**batch).loss
     if tracker is not None:
         loss = loss + eb.sparsity_penalty(model)
     loss.backward()
@@ -165,6 +169,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {m.get('cpu') or m.get('gpu')}, {m['threads']} threads, {m['device']} {m['dtype']}, "
+        f"autocast {result['settings'].get('autocast', 'none')}, "
         f"torch {m['torch']}  ",
         "Ticket: 1/3 of heads pruned per layer, 40% of FFN neurons pruned globally (random scores, seed 0).",
         "",
@@ -194,15 +199,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                        help="bf16 autocast around the forward pass, weights kept in fp32 (what --mixed-precision bf16 runs)")
     parser.add_argument("--output", default=None, help="results JSON (default bench/results/step_time_<device>.json)")
     parser.add_argument("--fresh", action="store_true", help="ignore configurations already in the results file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    AUTOCAST["enabled"] = args.autocast == "bf16"
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     output = Path(args.output or RESULTS / f"step_time_{args.device}.json")
-    settings = {"reps": args.reps, "warmup": args.warmup, "dtype": args.dtype, "device": args.device}
+    settings = {"reps": args.reps, "warmup": args.warmup, "dtype": args.dtype, "device": args.device,
+                "autocast": args.autocast}
     result = {"command": "python " + " ".join(sys.argv), "machine": machine(args), "settings": settings, "runs": []}
     if output.exists() and not args.fresh:
         previous = json.loads(output.read_text())

@@ -195,3 +195,21 @@ def test_search_with_frozen_gates_converges_immediately():
     with pytest.raises(ValueError, match="no batches"):
         eb.search(model, [], optimizer, search_config=SearchConfig(max_steps=5))
     assert gates is eb.get_gates(model)
+
+
+def test_recorded_masks_are_the_masks_of_the_ticket_drawn_from_the_same_coefficients():
+    """record() draws masks where the gates live and builds the Ticket only when asked: both must agree."""
+    model = build("bert", eb.slim.AUTO_CLASSES[0])
+    gates = eb.add_gates(model)
+    g = torch.Generator().manual_seed(0)
+    for config in (eb.TicketConfig(), eb.TicketConfig(ffn_scope="layer"), eb.TicketConfig(ffn_multiple=4)):
+        tracker = EarlyBird(config, SearchConfig(max_steps=3))
+        for step in range(1, 4):
+            with torch.no_grad():
+                for p in gates.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g))
+            tracker.record(step, model)
+            ticket = eb.draw_ticket(*gates.scores(), config, step=step)
+            assert torch.equal(tracker.head_masks[-1], torch.cat(ticket.head_masks()))
+            assert torch.equal(tracker.ffn_masks[-1], torch.cat(ticket.ffn_masks()))
+        assert tracker.ticket == ticket and tracker.ticket.step == 3

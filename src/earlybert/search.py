@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .gates import GateConfig, GateSet, get_gates, sparsity_penalty
-from .ticket import Ticket, TicketConfig, draw_ticket
+from .ticket import Ticket, TicketConfig, draw_masks, draw_ticket
 
 
 # The early-bird rule's trailing window as a share of the search budget; chosen on measured searches
@@ -119,12 +119,21 @@ class EarlyBird:
     ffn_sizes: list[int] = field(default_factory=list)
     newest: Ticket | None = None
     stop_reason: str | None = None  # "early-bird" or "budget" once stopped
+    # the newest record's coefficients, kept on their device; the Ticket is built from them only when asked for
+    _newest_scores: tuple | None = field(default=None, repr=False, compare=False)
 
     def record(self, step: int, gates: GateSet | nn.Module) -> bool:
-        """Draw and keep the current ticket at optimizer step `step` (1-based); True when the search must stop."""
+        """Draw and keep the current ticket at optimizer step `step` (1-based); True when the search must stop.
+
+        The masks are drawn where the gates live (`draw_masks`): on a GPU nothing but the early-bird verdict
+        comes back to the host at a record."""
         if step % self.search_config.record_every == 0 or step >= self.search_config.budget:
             gates = gates if isinstance(gates, GateSet) else get_gates(gates)
-            self.add(step, draw_ticket(*gates.scores(), self.ticket_config, step=step))
+            heads = [g.detach().float().clone() for g in gates.head]
+            ffn = [g.detach().float().clone() for g in gates.ffn]
+            head_mask, ffn_mask = draw_masks(heads, ffn, self.ticket_config)
+            self._append(step, [len(h) for h in heads], [len(f) for f in ffn], head_mask, ffn_mask)
+            self.newest, self._newest_scores = None, (step, heads, ffn)
             if self.converged():
                 self.stop_reason = "early-bird"
         if self.stop_reason is None and step >= self.search_config.budget:
@@ -132,15 +141,20 @@ class EarlyBird:
         return self.stop_reason is not None
 
     def add(self, step: int, ticket: Ticket) -> None:
+        """Record a ticket drawn elsewhere (or made by hand) at `step`."""
+        self._append(step, ticket.num_heads, ticket.ffn_sizes, torch.cat(ticket.head_masks()),
+                     torch.cat(ticket.ffn_masks()))
+        self.newest, self._newest_scores = ticket, None
+
+    def _append(self, step: int, num_heads, ffn_sizes, head_mask: torch.Tensor, ffn_mask: torch.Tensor) -> None:
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"steps must increase: got {step} after {self.steps[-1]}")
-        if self.steps and (ticket.num_heads, ticket.ffn_sizes) != (self.num_heads, self.ffn_sizes):
+        if self.steps and (list(num_heads), list(ffn_sizes)) != (self.num_heads, self.ffn_sizes):
             raise ValueError("all masks of one search must come from the same model shape")
-        self.num_heads, self.ffn_sizes = list(ticket.num_heads), list(ticket.ffn_sizes)
+        self.num_heads, self.ffn_sizes = list(num_heads), list(ffn_sizes)
         self.steps.append(step)
-        self.head_masks.append(torch.cat(ticket.head_masks()))
-        self.ffn_masks.append(torch.cat(ticket.ffn_masks()))
-        self.newest = ticket
+        self.head_masks.append(head_mask)
+        self.ffn_masks.append(ffn_mask)
 
     def should_stop(self, step: int) -> bool:
         """The rule on the history as it is (for masks added with `add`)."""
@@ -168,6 +182,9 @@ class EarlyBird:
     @property
     def ticket(self) -> Ticket:
         """The newest recorded ticket: the one to draw when the search stops."""
+        if self.newest is None and self._newest_scores is not None:
+            step, heads, ffn = self._newest_scores
+            self.newest = draw_ticket(heads, ffn, self.ticket_config, step=step)
         if self.newest is None:
             raise ValueError("no mask recorded yet")
         return self.newest
@@ -182,7 +199,7 @@ class EarlyBird:
         masks, sizes = (self.head_masks, self.num_heads) if kind == "heads" else (self.ffn_masks, self.ffn_sizes)
         if not masks:
             return np.zeros((0, 0))
-        m = torch.stack(masks).double()
+        m = torch.stack(masks).cpu().double()
         if layer is not None:
             start = sum(sizes[:layer])
             m = m[:, start : start + sizes[layer]]
@@ -198,9 +215,9 @@ class EarlyBird:
             "stop_reason": self.stop_reason,
             "num_heads": self.num_heads,
             "ffn_sizes": self.ffn_sizes,
-            "head_masks": [_pack(m) for m in self.head_masks],
-            "ffn_masks": [_pack(m) for m in self.ffn_masks],
-            "newest": None if self.newest is None else self.newest.to_dict(),
+            "head_masks": [_pack(m.cpu()) for m in self.head_masks],
+            "ffn_masks": [_pack(m.cpu()) for m in self.ffn_masks],
+            "newest": self.ticket.to_dict() if self.steps else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,6 +227,7 @@ class EarlyBird:
         self.head_masks = [_unpack(m, sum(self.num_heads)) for m in state["head_masks"]]
         self.ffn_masks = [_unpack(m, sum(self.ffn_sizes)) for m in state["ffn_masks"]]
         self.newest = None if state["newest"] is None else Ticket.from_dict(state["newest"])
+        self._newest_scores = None
 
     to_dict = state_dict  # mask_history.json holds exactly the search state
 

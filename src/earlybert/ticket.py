@@ -211,6 +211,58 @@ def _ffn_kept_counts(ffn_scores: list[torch.Tensor], config: TicketConfig) -> li
     return (torch.tensor(sizes) - torch.bincount(layer_of[pruned], minlength=len(sizes))).tolist()
 
 
+def draw_masks(
+    head_scores: Sequence[torch.Tensor],
+    ffn_scores: Sequence[torch.Tensor],
+    config: TicketConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept/pruned masks of the ticket `draw_ticket` draws, all layers concatenated (heads, FFN), on the
+    scores' device. The early-bird tracker calls this at every record: with global FFN pruning (the default) it
+    never leaves the device, so a search on a GPU does not copy every coefficient to the host each time."""
+    config = config or TicketConfig()
+    head_scores = [torch.as_tensor(s).detach().float().flatten() for s in head_scores]
+    ffn_scores = [torch.as_tensor(s).detach().float().flatten() for s in ffn_scores]
+    if len(head_scores) != len(ffn_scores) or not head_scores:
+        raise ValueError("need the same, non-zero number of layers of head and FFN scores")
+    heads = []
+    for scores in head_scores:
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        mask[_smallest_first(scores)[config.heads_to_prune(len(scores)) :]] = True
+        heads.append(mask)
+    if config.ffn_scope == "global" and config.ffn_multiple == 1:
+        ffn = _global_ffn_mask(ffn_scores, config)
+    else:
+        ffn = []
+        for scores, n_keep in zip(ffn_scores, _ffn_kept_counts([s.cpu() for s in ffn_scores], config)):
+            n_keep = _round_to_multiple(n_keep, config.ffn_multiple, config.min_ffn, len(scores))
+            mask = torch.zeros_like(scores, dtype=torch.bool)
+            mask[_smallest_first(scores)[len(scores) - n_keep :]] = True
+            ffn.append(mask)
+        ffn = torch.cat(ffn)
+    return torch.cat(heads), ffn
+
+
+def _global_ffn_mask(ffn_scores: list[torch.Tensor], config: TicketConfig) -> torch.Tensor:
+    """The global draw as one mask, without counting per layer on the host: the pruned neurons of each layer are
+    a prefix of that layer's own ascending order, so "not pruned" is exactly the kept set `_ffn_kept_counts`
+    and a per-layer top-k would give."""
+    sizes = [len(s) for s in ffn_scores]
+    for layer, size in enumerate(sizes):
+        if size < config.min_ffn:
+            raise ValueError(f"layer {layer} has {size} FFN neurons, fewer than min_ffn={config.min_ffn}")
+    device = ffn_scores[0].device
+    offsets = [0]
+    for n in sizes[:-1]:
+        offsets.append(offsets[-1] + n)
+    protected = torch.zeros(sum(sizes), dtype=torch.bool, device=device)
+    for offset, scores in zip(offsets, ffn_scores):
+        protected[offset + _smallest_first(scores)[len(scores) - config.min_ffn :]] = True
+    order = _smallest_first(torch.cat(ffn_scores))
+    kept = torch.ones(sum(sizes), dtype=torch.bool, device=device)
+    kept[order[~protected[order]][: math.floor(config.ffn_ratio * sum(sizes) + 0.5)]] = False
+    return kept
+
+
 def draw_ticket(
     head_scores: Sequence[torch.Tensor],
     ffn_scores: Sequence[torch.Tensor],
@@ -222,18 +274,11 @@ def draw_ticket(
     `head_scores[l]` / `ffn_scores[l]` hold layer l's coefficients, e.g. from `GateSet.scores()`.
     """
     config = config or TicketConfig()
-    head_scores = [torch.as_tensor(s, dtype=torch.float32).flatten() for s in head_scores]
-    ffn_scores = [torch.as_tensor(s, dtype=torch.float32).flatten() for s in ffn_scores]
-    if len(head_scores) != len(ffn_scores) or not head_scores:
-        raise ValueError("need the same, non-zero number of layers of head and FFN scores")
-    heads = []
-    for scores in head_scores:
-        n_prune = config.heads_to_prune(len(scores))
-        heads.append(sorted(_smallest_first(scores)[n_prune:].tolist()))
-    ffn = []
-    for scores, n_keep in zip(ffn_scores, _ffn_kept_counts(ffn_scores, config)):
-        n_keep = _round_to_multiple(n_keep, config.ffn_multiple, config.min_ffn, len(scores))
-        ffn.append(sorted(_smallest_first(scores)[len(scores) - n_keep :].tolist()))
+    head_scores = [torch.as_tensor(s, dtype=torch.float32).detach().cpu().flatten() for s in head_scores]
+    ffn_scores = [torch.as_tensor(s, dtype=torch.float32).detach().cpu().flatten() for s in ffn_scores]
+    head_mask, ffn_mask = draw_masks(head_scores, ffn_scores, config)
+    heads = [m.nonzero().flatten().tolist() for m in head_mask.split([len(s) for s in head_scores])]
+    ffn = [m.nonzero().flatten().tolist() for m in ffn_mask.split([len(s) for s in ffn_scores])]
     return Ticket(
         heads=heads,
         ffn=ffn,
