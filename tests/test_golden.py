@@ -28,21 +28,11 @@ GOLDEN = Path(__file__).parent / "golden" / "runs.json"
 REL = 1e-5
 
 
-def finetune_record(results: dict, folder: Path) -> dict:
+def record(results: dict, folder: Path, score_key: str) -> dict:
+    """What must not change: the score, step counts, per-step losses, the ticket and the model's size."""
     ticket = json.loads((folder / "ticket.json").read_text()) if (folder / "ticket.json").exists() else None
     return {
-        "metrics": results["metrics"],
-        "steps": {name: stage["steps"] for name, stage in results["stages"].items()},
-        "losses": results["losses"],
-        "ticket": None if ticket is None else {"heads": ticket["heads"], "ffn": ticket["ffn"]},
-        "parameters": results["parameters"],
-    }
-
-
-def pretrain_record(results: dict, folder: Path) -> dict:
-    ticket = json.loads((folder / "ticket.json").read_text()) if (folder / "ticket.json").exists() else None
-    return {
-        "held_out": results["held_out"],
+        score_key: results[score_key],
         "steps": {name: stage["steps"] for name, stage in results["stages"].items()},
         "losses": results["losses"],
         "ticket": None if ticket is None else {"heads": ticket["heads"], "ffn": ticket["ffn"]},
@@ -59,7 +49,7 @@ def run_all(root: Path) -> dict:
         config = FinetuneConfig(model=str(encoder), task="sst2", data=str(data), output=str(out), method=method,
                                 batch_size=8, lr=3e-3, epochs=3, earlybert_epochs=2, search_epoch_fraction=0.75,
                                 patience=2, checkpoint_every=2, seed=3)
-        records[f"finetune-{method}"] = finetune_record(finetune(config), out)
+        records[f"finetune-{method}"] = record(finetune(config), out, "metrics")
 
     rng = random.Random(0)
     (root / "text.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))
@@ -72,7 +62,7 @@ def run_all(root: Path) -> dict:
                                 output=str(out), method=method, steps=12, seq_len=(16, 32), batch_size=(8, 4),
                                 lr=(1e-3, 1e-3), warmup_ratio=(0.1, 0.1), held_out=0.1, search_steps=4, patience=2,
                                 checkpoint_every=2, cache_dir=str(root / "cache"))
-        records[f"pretrain-{method}"] = pretrain_record(pretrain(config), out)
+        records[f"pretrain-{method}"] = record(pretrain(config), out, "held_out")
     return records
 
 
