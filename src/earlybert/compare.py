@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 from .finetune import METHODS, FinetuneConfig, RunFolder, finetune
 from .report import comparison_table, data_name, plot_comparison

@@ -31,6 +31,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .archs import ARCHS, SLIM_PREFIX, blocks, family_of, get_arch
+from .surgery import slice_layers
 
 AUTO_CLASSES = (
     AutoModel,
@@ -69,9 +70,6 @@ def shrink_to_config(model: nn.Module) -> None:
     The weights are placeholders (the first heads/neurons of the initialised full layers): from_pretrained
     overwrites every one of them, and from_config gets a randomly initialised slim model.
     """
-    from .prune import slice_layers  # prune builds on this module; import here to avoid a cycle
-    from .ticket import Ticket
-
     config = model.config
     heads, ffn = config.layer_num_heads, config.layer_intermediate_sizes
     if heads is None and ffn is None:
@@ -87,13 +85,7 @@ def shrink_to_config(model: nn.Module) -> None:
         raise ValueError(
             f"slim config shapes out of range: heads {heads} (1..{full_heads}), FFN {ffn} (1..{full_ffn})"
         )
-    first = Ticket(
-        heads=[list(range(h)) for h in heads],
-        ffn=[list(range(f)) for f in ffn],
-        num_heads=[full_heads] * n_layers,
-        ffn_sizes=[full_ffn] * n_layers,
-    )
-    slice_layers(model, first)
+    slice_layers(model, [list(range(h)) for h in heads], [list(range(f)) for f in ffn])
 
 
 def _make_slim_model_class(base: type, config_class: type) -> type:

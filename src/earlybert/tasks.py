@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import data as glue_data
 from .metrics import classification_metrics, regression_metrics
