@@ -39,7 +39,7 @@ from scipy import stats
 from earlybert.compare import compare
 from earlybert.finetune import FinetuneConfig
 from earlybert.report import comparison_table
-from earlybert.ticket import atomic_write_text
+from earlybert.runs import atomic_write_text
 
 from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
 

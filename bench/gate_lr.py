@@ -28,7 +28,8 @@ import torch
 from earlybert.finetune import FinetuneConfig, finetune
 from earlybert.gates import GateConfig
 from earlybert.search import EarlyBird, SearchConfig
-from earlybert.ticket import Ticket, atomic_write_text
+from earlybert.runs import atomic_write_text
+from earlybert.ticket import Ticket
 
 from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
 

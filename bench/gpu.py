@@ -53,7 +53,7 @@ if (ROOT / "src" / "earlybert").is_dir():  # the GPU machine runs the repository
 import torch  # noqa: E402
 
 import earlybert as eb  # noqa: E402
-from earlybert.ticket import atomic_write_text  # noqa: E402
+from earlybert.runs import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("gpu-bench")
 
@@ -564,7 +564,8 @@ STAGES = ("search", "phase1", "phase2")
 def run_clock(run_dir: Path) -> tuple[list[float], list[float], float]:
     """Per-step times and losses of a pre-training run so far, finished stages and the paused one alike, and its
     total step time as the library counts it (`StageResult.step_time_s`, stage by stage)."""
-    from earlybert.train import StageResult, find_checkpoint
+    from earlybert.runs import find_checkpoint
+    from earlybert.train import StageResult
 
     times, losses, total = [], [], 0.0
     for stage in STAGES:
@@ -587,7 +588,7 @@ def paused_model(config, run_dir: Path, model_config):
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM
 
-    from earlybert.train import find_checkpoint
+    from earlybert.runs import find_checkpoint
 
     model = AutoModelForMaskedLM.from_config(copy.deepcopy(model_config))
     state = None

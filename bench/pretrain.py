@@ -26,7 +26,7 @@ import torch
 
 from earlybert.finetune import FinetuneConfig, finetune
 from earlybert.pretrain import PretrainConfig, pretrain
-from earlybert.ticket import atomic_write_text
+from earlybert.runs import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"

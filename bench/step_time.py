@@ -33,7 +33,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 import earlybert as eb
 from earlybert.archs import layer_shapes
-from earlybert.ticket import atomic_write_text, random_scores_ticket
+from earlybert.runs import atomic_write_text
+from earlybert.ticket import random_scores_ticket
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

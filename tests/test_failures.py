@@ -163,7 +163,7 @@ def test_resume_mismatch_names_the_settings_and_a_moved_run_resumes(finished_run
 
 
 def test_wall_clock_heartbeat_keeps_a_killed_attempts_time(tmp_path):
-    from earlybert.finetune import RunFolder, WallClock
+    from earlybert.runs import RunFolder, WallClock
 
     folder = RunFolder(tmp_path / "run", resume=False, overwrite=False).create()
     folder.write_json(WallClock.FILE, {"attempts_s": [3.0]})

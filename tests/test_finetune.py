@@ -56,7 +56,7 @@ def test_resume_after_a_kill_gives_the_same_result(stage, after, tiny_encoder, g
     reference = finetune(config_for(tiny_encoder, glue_dir, tmp_path / "whole", checkpoint_every=1))
     config = config_for(tiny_encoder, glue_dir, tmp_path / "killed", checkpoint_every=1)
 
-    real_save = train_module._save_checkpoint
+    real_save = train_module.save_checkpoint
     saves = {"n": 0}
 
     def save_then_die(accelerator, directory, progress):
@@ -66,11 +66,11 @@ def test_resume_after_a_kill_gives_the_same_result(stage, after, tiny_encoder, g
             if saves["n"] == after:
                 raise Killed
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         finetune(config)
     assert not (tmp_path / "killed" / "results.json").exists()
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     with pytest.raises(ValueError, match="not empty; pass --resume"):
         finetune(config)
     resumed = finetune(config, resume=True)
@@ -94,18 +94,18 @@ def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tiny_encoder, 
     reference = finetune(config_for(tiny_encoder, glue_dir, tmp_path / "whole", method="full", batch_size=4,
                                     grad_accum=2, checkpoint_every=3))
     assert reference["stages"]["train"]["steps"] == 16  # 64 examples / (4 x 2) per step, 2 epochs
-    real_save = train_module._save_checkpoint
+    real_save = train_module.save_checkpoint
 
     def save_then_die(accelerator, directory, progress):
         real_save(accelerator, directory, progress)
         raise Killed
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     config = config_for(tiny_encoder, glue_dir, tmp_path / "killed", method="full", batch_size=4, grad_accum=2,
                         checkpoint_every=3)
     with pytest.raises(Killed):
         finetune(config)
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     resumed = finetune(config, resume=True)
     assert resumed["metrics"] == reference["metrics"]
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())

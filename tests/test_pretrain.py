@@ -157,7 +157,7 @@ def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tin
 
 def test_full_pretraining_resumes_to_the_same_loss(tiny_encoder, tiny_config_file, corpus, tmp_path, monkeypatch):
     whole = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "whole", method="full"))
-    real_save = train_module._save_checkpoint
+    real_save = train_module.save_checkpoint
     calls = {"n": 0}
 
     class Killed(Exception):
@@ -169,11 +169,11 @@ def test_full_pretraining_resumes_to_the_same_loss(tiny_encoder, tiny_config_fil
         if calls["n"] == 3:
             raise Killed
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     config = run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "killed", method="full")
     with pytest.raises(Killed):
         pretrain(config)
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     resumed = pretrain(config, resume=True)
     assert resumed["held_out"] == whole["held_out"]
     assert json.loads((tmp_path / "killed" / "phase1.json").read_text())["losses"] == \

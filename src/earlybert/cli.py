@@ -315,7 +315,7 @@ def cmd_pretrain(args) -> int:
     summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
     if len(results) == 2:
         summary["time_saved"] = 1 - results["earlybert"]["total_step_time_s"] / results["full"]["total_step_time_s"]
-        from .ticket import atomic_write_text
+        from .runs import atomic_write_text
 
         atomic_write_text(Path(args.output) / "comparison.json", json.dumps(summary, indent=1))
     say(json.dumps(summary, indent=1))

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from .finetune import METHODS, FinetuneConfig, RunFolder, finetune
 from .report import comparison_table, data_name, plot_comparison
-from .ticket import atomic_write_text
+from .runs import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

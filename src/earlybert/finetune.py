@@ -15,11 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
-import threading
 import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +29,9 @@ from .gates import GateConfig, add_gates, sparsity_penalty
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
 from .prune import check_ticket_fits, prune
 from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
-from .ticket import Ticket, TicketConfig, atomic_write_text, draw_ticket, random_scores_ticket, random_ticket
-from .train import TrainConfig, remove_checkpoint, step_time_ratio, steps_per_epoch, train_stage
+from .runs import RunFolder, WallClock, broadcast_ticket, remove_checkpoint
+from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
+from .train import TrainConfig, step_time_ratio, steps_per_epoch, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -129,138 +127,6 @@ class FinetuneConfig:
         )
 
 
-class RunFolder:
-    """The run directory: refuses to overwrite without permission, writes every file atomically."""
-
-    def __init__(self, path: str | Path, resume: bool, overwrite: bool, is_main: bool = True):
-        """Checks only; nothing is touched until `create()`, so a run that fails on bad input leaves no trace."""
-        self.path = Path(path)
-        self.is_main = is_main
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"output {self.path} is a file, not a folder")
-        self.replace = overwrite and self.path.exists() and any(self.path.iterdir())
-        if self.path.exists() and any(self.path.iterdir()) and not (resume or overwrite):
-            raise ValueError(f"run folder {self.path} is not empty; pass --resume to continue it or --overwrite to replace it")
-
-    def create(self) -> "RunFolder":
-        if self.replace and self.is_main:
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def write_json(self, name: str, data) -> None:
-        if self.is_main:
-            atomic_write_text(self.path / name, json.dumps(data, indent=1))
-
-    def read_json(self, name: str):
-        path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def check_resume(self, config: dict) -> dict | None:
-        """For --resume, before anything is written: None to go on (continue the run, or start it when there is
-        nothing to resume, which is announced); the stored results when the run already finished, so nothing is
-        retrained or rewritten. ValueError naming each setting that differs from the run's own config.json.
-
-        The output path is not part of a run's identity: a run folder that was moved or copied resumes."""
-        if not self.path.is_dir() or not any(self.path.iterdir()):
-            if self.is_main:
-                logger.warning("nothing to resume in %s (%s); starting a new run", self.path,
-                               "empty folder" if self.path.is_dir() else "no such folder")
-            return None
-        saved = self.read_json("config.json")
-        if saved is None:
-            raise ValueError(f"{self.path} is not a run folder (no config.json), so there is nothing to resume; "
-                             "use a new --output, or --overwrite to replace it")
-        differences = _differences(saved, json.loads(json.dumps(config)))
-        if differences:
-            raise ValueError(f"run folder {self.path} was started with other settings: {'; '.join(differences)}; "
-                             "resume with the run's own settings (its config.json) or use a new --output")
-        results = self.read_json("results.json")  # written last: its presence means the run finished
-        if results is not None and self.is_main:
-            logger.warning("run %s already finished; nothing was rerun or rewritten (--overwrite runs it again)",
-                           self.path)
-        return results
-
-
-IDENTITY_IGNORES = ("output",)  # where a run lives is not what it is: a moved or copied run folder resumes
-
-
-def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """'name: run value -> now value' for every setting (nested ones as a.b) that differs, output path aside."""
-    out = []
-    for key in dict.fromkeys([*saved, *now]):
-        if not prefix and key in IDENTITY_IGNORES:
-            continue
-        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += _differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            out.append(f"{prefix}{key} {old!r} in the run, {new!r} now")
-    return out
-
-
-class WallClock:
-    """Wall time of a run over every attempt of it (a run resumed after a kill counts the killed attempt too).
-
-    `attempts.json` in the run folder lists the seconds of each attempt. The running attempt's entry is rewritten
-    every `every_s` seconds by a background thread, so an attempt killed without warning (kill -9, a scheduler's
-    time limit) still leaves its time, to within `every_s`."""
-
-    FILE = "attempts.json"
-
-    def __init__(self, folder: RunFolder, every_s: float = 5.0):
-        self.folder = folder
-        self.every_s = every_s
-        self.previous = [float(s) for s in (folder.read_json(self.FILE) or {}).get("attempts_s", [])]
-        self.start = time.perf_counter()
-        self._end: float | None = None
-        self._stop = threading.Event()
-        self._thread = None
-
-    def begin(self) -> "WallClock":
-        """Call once the run folder exists; only the main process writes."""
-        if self.folder.is_main:
-            self._write()
-            # The thread holds the clock weakly, so a run that failed with an exception drops the clock and the
-            # heartbeat ends with it (see __del__) instead of writing into the folder for the life of the process.
-            self._thread = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._stop, self.every_s),
-                                            name="earlybert-wall-clock", daemon=True)
-            self._thread.start()
-        return self
-
-    def _write(self) -> None:
-        self.folder.write_json(self.FILE, {"attempts_s": [*self.previous, self.elapsed_s()]})
-
-    def elapsed_s(self) -> float:
-        return (self._end if self._end is not None else time.perf_counter()) - self.start
-
-    def total_s(self) -> float:
-        return sum(self.previous) + self.elapsed_s()
-
-    def stop(self) -> float:
-        """Stops the heartbeat and records this attempt; returns the total over all attempts."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._end is None:
-            self._end = time.perf_counter()  # the attempt's time, frozen: the file and the results say the same
-            if self._thread is not None:
-                self._write()
-        return self.total_s()
-
-    def __del__(self):
-        self._stop.set()
-
-
-def _heartbeat(clock_ref, stop: threading.Event, every_s: float) -> None:
-    while not stop.wait(every_s):
-        clock = clock_ref()
-        if clock is None or not clock.folder.path.is_dir():  # dropped, or its folder removed
-            return
-        clock._write()
-        del clock
-
-
 def _seeded_model(config: FinetuneConfig, task_info):
     """The pretrained encoder with a task head; re-seeded so every load gets the same head initialisation."""
     from accelerate.utils import set_seed
@@ -276,23 +142,6 @@ def _ticket_for_random(model, config: FinetuneConfig) -> Ticket:
     if config.ticket_like:
         return random_ticket(Ticket.load(config.ticket_like), config.seed)
     return random_scores_ticket(*layer_shapes(model), config.ticket, config.seed)
-
-
-def _broadcast_ticket(ticket: Ticket, accelerator) -> tuple[Ticket, bool]:
-    """Rank 0's ticket for every rank, so the processes of a distributed run can never disagree on the shape;
-    and whether all ranks had drawn that same ticket themselves (they should: DDP keeps the gates in sync)."""
-    from accelerate.utils import broadcast_object_list, gather_object
-
-    if accelerator.num_processes == 1:
-        return ticket, True
-    payload = [ticket.to_dict()]
-    broadcast_object_list(payload, from_process=0)
-    chosen = Ticket.from_dict(payload[0])
-    own = (ticket.heads, ticket.ffn) == (chosen.heads, chosen.ffn)
-    agreed = all(gather_object([own]))
-    if not agreed:
-        logger.warning("ranks drew different tickets; all use rank 0's")
-    return chosen, agreed
 
 
 def _linear_flops_per_step(model, task_info, config: FinetuneConfig) -> int:
@@ -434,7 +283,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
                 new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
                 extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
             )
-            ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
+            ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
             search_done = {"stage": {**result.summary(), "budget": search_cfg.budget}, "losses": result.losses,
                            "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
             folder.write_json("ticket.json", ticket.to_dict())

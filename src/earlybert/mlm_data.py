@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .runs import atomic_writer
+
 TOKEN_DTYPE = np.uint32  # vocabularies beyond 65,535 (RoBERTa: 50,265 fits uint16, others do not)
 
 
@@ -72,10 +74,9 @@ def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines
     target = cache_dir / f"tokens-{_cache_key(files, tokenizer)}.bin"
     if target.exists():
         return target
-    tmp = target.with_suffix(".tmp")
     sep = tokenizer.sep_token_id
     total = 0
-    with open(tmp, "wb") as out:
+    with atomic_writer(target, "wb") as out:
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as lines:
                 batch: list[str] = []
@@ -85,10 +86,8 @@ def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines
                         total += _write_batch(out, batch, tokenizer, sep)
                         batch = []
                 total += _write_batch(out, batch + [""], tokenizer, sep)  # a file ends its last document
-    if total == 0:
-        tmp.unlink()
-        raise ValueError("the text files hold no tokens")
-    os.replace(tmp, target)
+        if total == 0:  # raised inside the writer: nothing is left behind
+            raise ValueError("the text files hold no tokens")
     return target
 
 

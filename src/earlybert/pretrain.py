@@ -27,8 +27,9 @@ from .archs import layer_shapes
 from .gates import GateConfig, add_gates, sparsity_penalty
 from .prune import prune
 from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
-from .ticket import Ticket, TicketConfig, atomic_write_text
-from .train import Paused, StepBudget, TrainConfig, decay_groups, remove_checkpoint, train_stage
+from .runs import RunFolder, WallClock, atomic_write_bytes, atomic_write_text, broadcast_ticket, remove_checkpoint
+from .ticket import Ticket, TicketConfig
+from .train import Paused, StepBudget, TrainConfig, decay_groups, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -199,17 +200,15 @@ def prepare(config: PretrainConfig):
 
 def _theta0(model_config, seed: int, folder: Path) -> dict:
     """The random initial weights theta_0, saved once so that a resumed run resets to the very same ones."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
     from transformers import AutoModelForMaskedLM
 
     path = folder / "theta0.safetensors"
     if not path.exists():
         torch.manual_seed(seed)
         state = AutoModelForMaskedLM.from_config(model_config).state_dict()
-        tmp = path.with_suffix(".tmp")
         # tied weights share storage; safetensors wants distinct tensors
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))
-        tmp.replace(path)
+        atomic_write_bytes(path, save({k: v.contiguous().clone() for k, v in state.items()}))
     return load_file(str(path))
 
 
@@ -243,7 +242,6 @@ def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, acceler
 def _train_stages(config, folder, accelerator, new_accelerator, phases, collator, model_config, theta0, budget):
     """The search (EarlyBERT only) and both phases, each skipped when its results are already in the folder.
     Returns each stage's summary and per-step losses, the ticket (EarlyBERT), the model and its MLM wrapper."""
-    from .finetune import _broadcast_ticket
 
     stages, losses, ticket = {}, {}, None
     model = _model_from(model_config, theta0)
@@ -265,7 +263,7 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
                 optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay,
                                                  config.gates.learning_rate(config.lr[0])), budget=budget,
             )
-            ticket, agreed = _broadcast_ticket(tracker.ticket, accelerator)
+            ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
             done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times,
                     "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
             folder.write_json("ticket.json", ticket.to_dict())
@@ -329,7 +327,6 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     and return None; calling again with resume=True continues exactly where it stopped."""
     from accelerate import Accelerator
 
-    from .finetune import RunFolder, WallClock
     from .flops import count_flops
     from .mlm_data import SeededMLMCollator
 

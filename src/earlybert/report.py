@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import statistics
 from pathlib import Path
 
@@ -13,17 +12,16 @@ matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .search import EarlyBird  # noqa: E402
-from .ticket import Ticket, atomic_write_text  # noqa: E402
+from .runs import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .ticket import Ticket  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
-    """PNG written to a temp name and renamed, like every other run file."""
+    """PNG written atomically, like every other run file."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_mask_distance(history: dict, path: Path) -> None:

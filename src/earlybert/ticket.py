@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
+
+from .runs import atomic_write_text
 
 TICKET_VERSION = 1
 
@@ -154,22 +155,6 @@ class Ticket:
         if not isinstance(data, dict):
             raise ValueError(f"ticket file {path} does not hold a JSON object")
         return cls.from_dict(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _mask(keep: Sequence[int], size: int) -> torch.Tensor:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .data import make_loader
 from .gates import decay_groups
+from .runs import find_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint"
 # The first steps of a stage pay one-off costs (thread pools, the allocator, kernel choices for new shapes), more
@@ -190,31 +189,6 @@ class StepLog:
             self.bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}")
 
 
-def _save_checkpoint(accelerator, directory: Path, progress: dict) -> None:
-    """accelerate's state + our progress, swapped in with renames so a kill never leaves half a checkpoint."""
-    accelerator.wait_for_everyone()
-    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps(progress))
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def find_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint (a kill between the two renames leaves only `.old`)."""
-    for candidate in (directory, directory.with_name(directory.name + ".old")):
-        if (candidate / "progress.json").exists():
-            return candidate
-    return None
-
-
 def train_stage(
     name: str,
     model: nn.Module,
@@ -325,7 +299,7 @@ def train_stage(
                 break
             if spent or (checkpoint_dir and config.checkpoint_every and result.steps % config.checkpoint_every == 0):
                 log.flush()
-                _save_checkpoint(accelerator, checkpoint_dir, progress_state())
+                save_checkpoint(accelerator, checkpoint_dir, progress_state())
             if spent:
                 bar.close()
                 raise Paused(name)
@@ -371,13 +345,6 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
                 times[arm].append(time.perf_counter() - begin)
     full_s, slim_s = statistics.fmean(times[0]), statistics.fmean(times[1])
     return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs}
-
-
-def remove_checkpoint(directory: Path, accelerator) -> None:
-    """Drop a stage's checkpoint; call once the stage's results are safely written elsewhere."""
-    if accelerator.is_main_process:
-        for leftover in (directory, directory.with_name(directory.name + ".old"), directory.with_name(directory.name + ".tmp")):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @torch.no_grad()
