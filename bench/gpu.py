@@ -13,7 +13,7 @@ First, here (needs the real data and the MiniLM package; writes ~50 MB into the 
 
     python bench/gpu.py --prepare
 
-Then on the GPU machine, from the repository root with gpu_payload/ copied beside it (nothing needs installing:
+Then on the GPU machine, from the repository root with the git-ignored gpu_payload/ taken along (nothing needs installing:
 the script puts src/ on sys.path itself; `python3` there is the interpreter that holds torch):
 
     python3 bench/gpu.py --payload gpu_payload --sst2 gpu_payload/SST-2 --out "${OUT:-bench/runs/gpu-out}"
