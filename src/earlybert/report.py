@@ -85,6 +85,16 @@ def _fmt(value, spec=".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _estimate_source(results: dict) -> str:
+    paired = results.get("paired_step_time_ratio")
+    if results["method"] == "full":
+        return "measured"
+    if paired:
+        return (f"estimated from this run's trained steps and the slim / full step-time ratio {paired['ratio']:.3f}, "
+                f"measured on the same batches in alternating turns ({paired['pairs']} pairs)")
+    return "not estimated"
+
+
 def write_run_report(folder: Path, config, results: dict, ticket: Ticket | None, history: dict | None,
                      losses: dict[str, list[float]]) -> None:
     figures = []
@@ -114,8 +124,9 @@ def write_run_report(folder: Path, config, results: dict, ticket: Ticket | None,
         *[f"| {name} | {s['steps']} | {s['step_time_s']:.1f} | {s['mean_step_s']:.3f} | {s['stop_reason']} |"
           for name, s in results["stages"].items()],
         "",
-        f"Total step time: {results['total_step_time_s']:.1f} s; wall time {results['wall_time_s']:.1f} s.  ",
-        f"Full fine-tuning ({results['full_run_steps']} steps), estimated from the search's median step time: "
+        f"Total step time: {results['total_step_time_s']:.1f} s; wall time {results['wall_time_s']:.1f} s. The first "
+        "3 steps of every stage are counted at the mean of the stage's other steps (process warm-up).  ",
+        f"Full fine-tuning ({results['full_run_steps']} steps), {_estimate_source(results)}: "
         f"{_fmt(results['estimated_full_step_time_s'], '.1f')} s; fraction saved: "
         f"{_fmt(results['fraction_saved_vs_estimated_full'], '.1%')}; theoretical from linear-layer FLOPs: "
         f"{_fmt(results['theoretical_fraction_saved_flops'], '.1%')}.",
