@@ -25,11 +25,11 @@ import torch
 from .archs import config_layer_shapes, layer_shapes
 from .data import padding_collator
 from .flops import count_flops
-from .gates import GateConfig, add_gates, sparsity_penalty
+from .gates import GateConfig
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
 from .prune import check_ticket_fits, prune
-from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
-from .runs import RunFolder, WallClock, broadcast_ticket, remove_checkpoint
+from .runs import RunFolder, WallClock, remove_checkpoint
+from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
 from .train import TrainConfig, step_time_ratio, steps_per_epoch, train_stage
 
@@ -265,34 +265,16 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     full_flops = _linear_flops_per_step(model, task_info, config)
 
     if config.method == "earlybert":
-        search_done = folder.read_json("search.json")
-        if search_done is None:
-            logger.info("stage: search (gates + L1, early-bird stop)")
-            gates = add_gates(model)
-            per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
-            budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
-                                  steps_per_epoch=per_epoch).budget
-            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
-                                      max_steps=budget,
-                                      record_every=config.record_every or max(1, budget // 40))
-            tracker = EarlyBird(config.ticket, search_cfg)
-            search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": search_cfg.budget,
-                                          "gate_lr": config.gates.learning_rate(config.lr)})
-            result = train_stage(
-                "search", model, task_info.train_features, padding_collator(task_info.tokenizer), search_train,
-                new_accelerator(), checkpoint_dir=folder.path / "search_checkpoint",
-                extra_loss=lambda m: sparsity_penalty(m, config.gates), on_step=tracker.record, tracker=tracker,
-            )
-            ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
-            search_done = {"stage": {**result.summary(), "budget": search_cfg.budget}, "losses": result.losses,
-                           "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
-            folder.write_json("ticket.json", ticket.to_dict())
-            folder.write_json("mask_history.json", tracker.to_dict())
-            folder.write_json("search.json", search_done)
-            accelerator.wait_for_everyone()
-            remove_checkpoint(folder.path / "search_checkpoint", accelerator)
-            del gates
-        ticket = Ticket.from_dict(folder.read_json("ticket.json"))
+        per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
+        budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
+                              steps_per_epoch=per_epoch).budget
+        search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                                  max_steps=budget, record_every=config.record_every or max(1, budget // 40))
+        search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": budget,
+                                      "gate_lr": config.gates.learning_rate(config.lr)})
+        ticket, search_done = run_search(model, task_info.train_features, padding_collator(task_info.tokenizer),
+                                         search_train, search_cfg, config.ticket, config.gates, accelerator,
+                                         new_accelerator(), folder)
         history = folder.read_json("mask_history.json")
         stages["search"] = search_done["stage"]
         losses["search"] = search_done["losses"]

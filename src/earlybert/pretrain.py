@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from .archs import layer_shapes
-from .gates import GateConfig, add_gates, sparsity_penalty
+from .gates import GateConfig
 from .prune import prune
-from .search import EARLY_BIRD_WINDOW, EarlyBird, SearchConfig
-from .runs import RunFolder, WallClock, atomic_write_bytes, atomic_write_text, broadcast_ticket, remove_checkpoint
+from .runs import RunFolder, WallClock, atomic_write_bytes, atomic_write_text, remove_checkpoint
+from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig
 from .train import Paused, StepBudget, TrainConfig, decay_groups, train_stage
 
@@ -246,32 +246,15 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
     stages, losses, ticket = {}, {}, None
     model = _model_from(model_config, theta0)
     if config.method == "earlybert":
-        done = folder.read_json("search.json")
-        if done is None:
-            logger.info("stage: search (gates + L1 from theta_0, phase 1 settings)")
-            add_gates(model)
-            search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
-                                      max_steps=config.search_budget)
-            tracker = EarlyBird(config.ticket, search_cfg)
-            phase1 = config.phase_config(0, config.phase_steps[0])
-            phase1.max_steps = config.search_budget
-            result = train_stage(
-                "search", MaskedLM(model), phases[0][0], collator, phase1, new_accelerator(0),
-                checkpoint_dir=folder.path / "search_checkpoint",
-                extra_loss=lambda m: sparsity_penalty(m.model, config.gates),
-                on_step=lambda step, m: tracker.record(step, m.model), tracker=tracker,
-                optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay,
-                                                 config.gates.learning_rate(config.lr[0])), budget=budget,
-            )
-            ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
-            done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times,
-                    "processes": accelerator.num_processes, "ranks_drew_same_ticket": agreed}
-            folder.write_json("ticket.json", ticket.to_dict())
-            folder.write_json("mask_history.json", tracker.to_dict())
-            folder.write_json("search.json", done)
-            accelerator.wait_for_everyone()
-            remove_checkpoint(folder.path / "search_checkpoint", accelerator)
-        ticket = Ticket.from_dict(folder.read_json("ticket.json"))
+        search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                                  max_steps=config.search_budget)
+        phase1 = config.phase_config(0, config.phase_steps[0])
+        phase1.max_steps = config.search_budget
+        ticket, done = run_search(
+            model, phases[0][0], collator, phase1, search_cfg, config.ticket, config.gates, accelerator,
+            new_accelerator(0), folder, wrap=MaskedLM, budget=budget,
+            optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay, config.gates.learning_rate(config.lr[0])),
+        )
         stages["search"], losses["search"] = done["stage"], done["losses"]
         logger.info("stage: draw -> %s; reset to theta_0", ticket.summary())
         model = _model_from(model_config, theta0)  # back to the random init, then slim

@@ -18,6 +18,7 @@ that only swap back and forth at the pruning threshold stay within epsilon and d
 from __future__ import annotations
 
 import base64
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -26,8 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gates import GateConfig, GateSet, get_gates, sparsity_penalty
+from .gates import GateConfig, GateSet, add_gates, get_gates, sparsity_penalty
 from .ticket import Ticket, TicketConfig, draw_masks, draw_ticket
+
+logger = logging.getLogger(__name__)
 
 
 # The early-bird rule's trailing window as a share of the search budget; chosen on measured searches
@@ -278,3 +281,37 @@ def search(
                 return SearchResult(tracker.ticket, tracker, step, losses)
         if not seen_any:
             raise ValueError("search got no batches")
+
+
+def run_search(model: nn.Module, dataset, collate_fn: Callable, train_config, search_config: SearchConfig,
+               ticket_config: TicketConfig, gate_config: GateConfig, accelerator, stage_accelerator, folder, *,
+               wrap: Callable[[nn.Module], nn.Module] | None = None, optimizer_fn=None, budget=None) -> tuple[Ticket, dict]:
+    """The search stage of a run, the same for fine-tuning and pre-training: gates on `model`, training with loss
+    + L1 penalty until the early bird (or the budget), the ticket drawn and shared by every process, and
+    ticket.json, mask_history.json and search.json written to the run folder; a run that has them reads them back
+    instead. `wrap` puts the gated model in the module that computes the loss (pre-training's masked-LM head);
+    `budget` may pause the stage (see train.StepBudget). Returns the ticket and search.json's content."""
+    from .runs import broadcast_ticket, remove_checkpoint
+    from .train import train_stage
+
+    done = folder.read_json("search.json")
+    if done is None:
+        logger.info("stage: search (gates + L1, early-bird stop)")
+        gates = add_gates(model)
+        tracker = EarlyBird(ticket_config, search_config)
+        result = train_stage(
+            "search", wrap(model) if wrap else model, dataset, collate_fn, train_config, stage_accelerator,
+            checkpoint_dir=folder.path / "search_checkpoint", extra_loss=lambda _: sparsity_penalty(gates, gate_config),
+            on_step=lambda step, _: tracker.record(step, gates), tracker=tracker, optimizer_fn=optimizer_fn,
+            budget=budget,
+        )
+        ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
+        done = {"stage": {**result.summary(), "budget": search_config.budget}, "losses": result.losses,
+                "step_times": result.step_times, "processes": accelerator.num_processes,
+                "ranks_drew_same_ticket": agreed}
+        folder.write_json("ticket.json", ticket.to_dict())
+        folder.write_json("mask_history.json", tracker.to_dict())
+        folder.write_json("search.json", done)
+        accelerator.wait_for_everyone()
+        remove_checkpoint(folder.path / "search_checkpoint", accelerator)
+    return Ticket.from_dict(folder.read_json("ticket.json")), done
