@@ -120,13 +120,7 @@ def cmd_prune(args) -> int:
         raise CliError(f"output directory {output} is not empty; pass --overwrite to replace it")
     # Settings and ticket are checked before the (slow) model load, so bad input fails fast.
     ticket = Ticket.load(args.ticket) if args.ticket else None
-    config = TicketConfig(
-        head_ratio=None if args.head_count is not None else args.head_ratio,
-        head_count=args.head_count,
-        ffn_ratio=args.ffn_ratio,
-        ffn_scope=args.ffn_scope,
-        ffn_multiple=args.ffn_multiple,
-    )
+    config = _ticket_config(args)
     model_config = load_config(args.model)
     if ticket is not None:
         check_ticket_fits(model_config, ticket)
@@ -180,25 +174,56 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.0)
     p.add_argument("--search-epoch-fraction", type=float, default=0.2, help="search budget in epochs (0.2)")
     p.add_argument("--search-max-steps", type=int, help="search budget in steps (the smaller budget wins)")
-    p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda for all gates (1e-4)")
-    p.add_argument("--head-l1", type=float, help="lambda for head gates (default --l1)")
-    p.add_argument("--ffn-l1", type=float, help="lambda for FFN gates (default --l1)")
-    _gate_lr_flag(p)
-    p.add_argument("--epsilon", type=float, default=0.1, help="early-bird mask-distance threshold (0.1)")
-    p.add_argument("--patience", type=int, default=5, help="early-bird: previous masks to compare with (5)")
-    _window_flag(p)
+    _search_flags(p)
     p.add_argument("--record-every", type=int, help="record a mask every N search steps (default: budget / 40)")
-    p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
-    p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
-    p.add_argument("--ffn-ratio", type=float, default=0.4, help="fraction of FFN neurons pruned (0.4)")
-    p.add_argument("--ffn-scope", choices=["global", "layer"], default="global")
-    p.add_argument("--ffn-multiple", type=int, default=1, help="round each layer's FFN width to a multiple")
+    _ticket_flags(p, TicketConfig.ffn_ratio)
     p.add_argument("--ticket-like", help="random method: copy the per-layer shape of this ticket.json")
     p.add_argument("--layerdrop", type=float, default=1 / 3, help="LayerDrop rate while training (1/3)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="default: bf16 on GPUs, no on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+
+def _search_flags(p) -> None:
+    """The gates' penalty and learning rate and the early-bird rule: one declaration for every command."""
+    from .gates import GateConfig
+    from .search import SearchConfig
+
+    p.add_argument("--l1", type=float, default=GateConfig.head_l1,
+                   help=f"L1 strength lambda for all gates ({GateConfig.head_l1:g})")
+    p.add_argument("--head-l1", type=float, help="lambda for head gates (default --l1)")
+    p.add_argument("--ffn-l1", type=float, help="lambda for FFN gates (default --l1)")
+    _gate_lr_flag(p)
+    p.add_argument("--epsilon", type=float, default=SearchConfig.epsilon,
+                   help=f"early-bird mask-distance threshold ({SearchConfig.epsilon:g})")
+    p.add_argument("--patience", type=int, default=SearchConfig.patience,
+                   help=f"early-bird: previous masks to compare with ({SearchConfig.patience})")
+    _window_flag(p)
+
+
+def _gate_config(args):
+    from .gates import GateConfig
+
+    return GateConfig(head_l1=args.head_l1 if args.head_l1 is not None else args.l1,
+                      ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1, lr=args.gate_lr)
+
+
+def _ticket_flags(p, ffn_ratio: float) -> None:
+    """What a ticket prunes: one declaration for finetune, compare, pretrain and prune (pre-training's FFN ratio
+    differs, 0.3 against 0.4, as in the paper)."""
+    p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
+    p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
+    p.add_argument("--ffn-ratio", type=float, default=ffn_ratio, help=f"fraction of FFN neurons pruned ({ffn_ratio:g})")
+    p.add_argument("--ffn-scope", choices=["global", "layer"], default=TicketConfig.ffn_scope,
+                   help=f"FFN neurons ranked across all layers or within each ({TicketConfig.ffn_scope})")
+    p.add_argument("--ffn-multiple", type=int, default=TicketConfig.ffn_multiple,
+                   help="round each layer's FFN width to a multiple")
+
+
+def _ticket_config(args) -> TicketConfig:
+    return TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
+                        ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple)
 
 
 def _gate_lr_flag(p) -> None:
@@ -229,7 +254,6 @@ def _window_flag(p) -> None:
 
 def finetune_config(args, method: str) -> "FinetuneConfig":
     from .finetune import FinetuneConfig
-    from .gates import GateConfig
 
     return FinetuneConfig(
         model=args.model, output=args.output, task=args.task, method=method, data=args.data,
@@ -241,11 +265,9 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
         batch_size=args.batch_size, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         grad_accum=args.grad_accum, seed=getattr(args, "seed", 42), search_epoch_fraction=args.search_epoch_fraction,
         search_max_steps=args.search_max_steps,
-        gates=GateConfig(head_l1=args.head_l1 if args.head_l1 is not None else args.l1,
-                         ffn_l1=args.ffn_l1 if args.ffn_l1 is not None else args.l1, lr=args.gate_lr),
-        ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
-                            ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
-        epsilon=args.epsilon, patience=args.patience, window=args.window, record_every=args.record_every, ticket_like=args.ticket_like, layerdrop=args.layerdrop,
+        gates=_gate_config(args), ticket=_ticket_config(args),
+        epsilon=args.epsilon, patience=args.patience, window=args.window, record_every=args.record_every,
+        ticket_like=args.ticket_like, layerdrop=args.layerdrop,
         checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
     )
 
@@ -285,7 +307,6 @@ def _pair(kind):
 
 
 def cmd_pretrain(args) -> int:
-    from .gates import GateConfig
     from .pretrain import PretrainConfig, pretrain
 
     methods = ["full", "earlybert"] if args.method == "compare" else [args.method]
@@ -297,10 +318,9 @@ def cmd_pretrain(args) -> int:
             steps=args.steps, phase1_fraction=args.phase1_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
             grad_accum=args.grad_accum, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
             held_out=args.held_out, search_steps=args.search_steps,
-            gates=GateConfig(head_l1=args.l1, ffn_l1=args.l1, lr=args.gate_lr),
-            ticket=TicketConfig(head_ratio=args.head_ratio, head_count=args.head_count, ffn_ratio=args.ffn_ratio,
-                                ffn_scope=args.ffn_scope, ffn_multiple=args.ffn_multiple),
-            epsilon=args.epsilon, patience=args.patience, window=args.window, step_fraction=args.step_fraction, seed=args.seed,
+            gates=_gate_config(args), ticket=_ticket_config(args),
+            epsilon=args.epsilon, patience=args.patience, window=args.window, step_fraction=args.step_fraction,
+            seed=args.seed,
             checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision, cache_dir=args.cache_dir,
         )
         done = output / "results.json"
@@ -323,6 +343,7 @@ def cmd_pretrain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pretrain import PRETRAIN_FFN_RATIO
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,11 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ticket", help="ticket.json to apply")
     source.add_argument("--random-seed", type=int, help="draw a ticket from random coefficients (a baseline)")
-    p.add_argument("--head-ratio", type=float, default=1 / 3, help="fraction of heads pruned per layer (1/3)")
-    p.add_argument("--head-count", type=int, default=None, help="heads pruned per layer (overrides ratio)")
-    p.add_argument("--ffn-ratio", type=float, default=0.4, help="fraction of FFN neurons pruned (0.4)")
-    p.add_argument("--ffn-scope", choices=["global", "layer"], default="global", help="FFN pruning scope")
-    p.add_argument("--ffn-multiple", type=int, default=1, help="round each layer's FFN width to a multiple")
+    _ticket_flags(p, TicketConfig.ffn_ratio)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=cmd_prune)
 
@@ -368,16 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--held-out", type=float, default=0.01, help="tail of the text kept for MLM loss (0.01)")
     p.add_argument("--search-steps", type=int, help="search budget (default 400 x steps / 8601)")
-    p.add_argument("--l1", type=float, default=1e-4, help="L1 strength lambda (1e-4)")
-    _gate_lr_flag(p)
-    p.add_argument("--epsilon", type=float, default=0.1)
-    p.add_argument("--patience", type=int, default=5)
-    _window_flag(p)
-    p.add_argument("--head-ratio", type=float, help="fraction of heads pruned per layer (1/3)")
-    p.add_argument("--head-count", type=int, help="heads pruned per layer (instead of --head-ratio)")
-    p.add_argument("--ffn-ratio", type=float, default=0.3, help="fraction of FFN neurons pruned (0.3)")
-    p.add_argument("--ffn-scope", choices=["global", "layer"], default="global")
-    p.add_argument("--ffn-multiple", type=int, default=1)
+    _search_flags(p)
+    _ticket_flags(p, PRETRAIN_FFN_RATIO)
     p.add_argument("--step-fraction", type=float, default=0.8, help="EarlyBERT trains this share of steps (0.8)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--checkpoint-every", type=int, default=200)

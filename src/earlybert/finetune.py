@@ -69,8 +69,8 @@ class FinetuneConfig:
     search_max_steps: int | None = None
     gates: GateConfig = field(default_factory=GateConfig)
     ticket: TicketConfig = field(default_factory=TicketConfig)
-    epsilon: float = 0.1
-    patience: int = 5
+    epsilon: float = SearchConfig.epsilon  # the early-bird rule (see SearchConfig)
+    patience: int = SearchConfig.patience
     window: float = EARLY_BIRD_WINDOW  # early-bird window, a share of the search budget (0: the paper's rule)
     record_every: int | None = None  # record a mask every N search steps; default: budget / 40, at least 1
     ticket_like: str | None = None  # random method: copy the per-layer shape of this ticket.json

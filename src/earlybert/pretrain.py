@@ -42,6 +42,8 @@ NAMED_CONFIGS = {
 MLM_HEADS = {"bert": "cls", "roberta": "lm_head"}  # the prediction head of each family's *ForMaskedLM
 
 
+PRETRAIN_FFN_RATIO = 0.3  # the paper prunes 30% of FFN neurons in pre-training (40% in fine-tuning)
+
 @dataclass
 class PretrainConfig:
     config: str  # a name in NAMED_CONFIGS or a config.json / model folder
@@ -60,9 +62,9 @@ class PretrainConfig:
     held_out: float = 0.01  # tail of the token stream kept for MLM loss / perplexity
     search_steps: int | None = None  # default: round(400 * steps / 8601), at least 1
     gates: GateConfig = field(default_factory=GateConfig)
-    ticket: TicketConfig = field(default_factory=lambda: TicketConfig(ffn_ratio=0.3))
-    epsilon: float = 0.1
-    patience: int = 5
+    ticket: TicketConfig = field(default_factory=lambda: TicketConfig(ffn_ratio=PRETRAIN_FFN_RATIO))
+    epsilon: float = SearchConfig.epsilon  # the early-bird rule (see SearchConfig)
+    patience: int = SearchConfig.patience
     window: float = EARLY_BIRD_WINDOW  # early-bird window, a share of the search budget (0: the paper's rule)
     step_fraction: float = 0.8  # EarlyBERT trains this fraction of each phase's steps
     seed: int = 42
