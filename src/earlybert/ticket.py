@@ -182,18 +182,8 @@ def _ffn_kept_counts(ffn_scores: list[torch.Tensor], config: TicketConfig) -> li
             raise ValueError(f"layer {layer} has {size} FFN neurons, fewer than min_ffn={config.min_ffn}")
     if config.ffn_scope == "layer":
         return [max(config.min_ffn, size - math.floor(config.ffn_ratio * size + 0.5)) for size in sizes]
-    # Global: prune the ffn_ratio * total smallest |c| across layers, except that each layer's min_ffn largest
-    # are protected. (Equivalently: walk all neurons from the smallest up, pruning each unless its layer would
-    # drop below min_ffn.) Vectorised because the early-bird tracker draws a ticket at every search step.
-    to_prune = math.floor(config.ffn_ratio * sum(sizes) + 0.5)
-    layer_of = torch.cat([torch.full((n,), layer) for layer, n in enumerate(sizes)])
-    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
-    protected = torch.zeros(len(layer_of), dtype=torch.bool)
-    for layer, scores in enumerate(ffn_scores):
-        protected[offsets[layer] + _smallest_first(scores)[len(scores) - config.min_ffn :]] = True
-    order = _smallest_first(torch.cat(ffn_scores))  # ties: lower layer, then lower index, first
-    pruned = order[~protected[order]][:to_prune]
-    return (torch.tensor(sizes) - torch.bincount(layer_of[pruned], minlength=len(sizes))).tolist()
+    # Global: the kept neurons of each layer in the one global draw (see _global_ffn_mask).
+    return [int(kept.sum()) for kept in _global_ffn_mask(ffn_scores, config).split(sizes)]
 
 
 def draw_masks(
@@ -228,9 +218,10 @@ def draw_masks(
 
 
 def _global_ffn_mask(ffn_scores: list[torch.Tensor], config: TicketConfig) -> torch.Tensor:
-    """The global draw as one mask, without counting per layer on the host: the pruned neurons of each layer are
-    a prefix of that layer's own ascending order, so "not pruned" is exactly the kept set `_ffn_kept_counts`
-    and a per-layer top-k would give."""
+    """The global draw as one mask: prune the ffn_ratio * total smallest |c| across layers, except each layer's
+    min_ffn largest (equivalently: walk all neurons from the smallest up, pruning each unless its layer would drop
+    below min_ffn). The pruned neurons of each layer are a prefix of that layer's own ascending order, so "not
+    pruned" is exactly the kept set a per-layer top-k of the kept counts gives; no count goes through the host."""
     sizes = [len(s) for s in ffn_scores]
     for layer, size in enumerate(sizes):
         if size < config.min_ffn:
