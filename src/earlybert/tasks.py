@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import data as glue_data
 from .metrics import classification_metrics, regression_metrics
@@ -172,6 +173,9 @@ def load_model_for(name_or_path: str, info: TaskInfo):
 def _from_pretrained(auto_class, name_or_path: str, **kwargs):
     # A checkpoint whose head does not fit the task (e.g. an MNLI model for SST-2) or with missing weight files
     # fails deep inside transformers; say what happened in one line instead.
+    # Training keeps float32 master weights (mixed precision only inside autocast): transformers v5 loads a bf16
+    # checkpoint as bf16 parameters, whose updates at fine-tuning learning rates (2e-5) mostly round away.
+    kwargs.setdefault("dtype", torch.float32)
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, RuntimeError) as e:
