@@ -14,7 +14,13 @@ Runs live in bench/runs/ (not committed) and are kept: rerunning the command con
 in another sitting (each run's results.json records its machine time; every (task, seed) group runs in one
 sitting). The summary goes to bench/results/finetune_glue_cpu.json and .md after every run.
 
-Data: ../shared/data/glue. Training sets: SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B and RTE whole.
+On a GPU (bf16 autocast, the whole of SST-2, checkpoints off, stop starting new groups when the budget runs out),
+with the GLUE folders and the model brought along (bench/gpu.py --prepare writes both into gpu_payload/):
+
+    python3 bench/finetune_glue.py --data gpu_payload/glue.tar.xz --model gpu_payload/minilm --train-samples all \
+        --checkpoint-every 0 --budget-s 500 --runs /tmp/glue-runs --output "$OUT/finetune_glue_h100"
+
+Data: ../shared/data/glue (or --data). Training sets (CPU default): SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B and RTE whole.
 QNLI has no training file there, so its dev set is split deterministically (seed 0): 2,000 pairs for training,
 the other 3,463 for evaluation; this is not comparable to QNLI results.
 bf16 autocast where the CPU has native bf16 instructions (avx512_bf16 / AMX), fp32 elsewhere (recorded).
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import random
 import statistics
@@ -33,29 +40,49 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from scipy import stats
+ROOT = Path(__file__).resolve().parents[1]
+if (ROOT / "src" / "earlybert").is_dir():  # a GPU machine runs the repository as is, not an installed package
+    sys.path.insert(0, str(ROOT / "src"))
 
-from earlybert.compare import compare
-from earlybert.finetune import FinetuneConfig
-from earlybert.report import comparison_table
-from earlybert.runs import atomic_write_text
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from earlybert.compare import compare  # noqa: E402
+from earlybert.finetune import FinetuneConfig  # noqa: E402
+from earlybert.report import comparison_table  # noqa: E402
+from earlybert.runs import atomic_write_text  # noqa: E402
 
 from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
+
+logger = logging.getLogger("finetune_glue")
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
 TASKS = ["sst2", "qnli", "mrpc", "rte", "cola", "stsb"]
-TRAIN_SAMPLES = {"sst2": 10000}  # the others train on their whole training set
+TRAIN_SAMPLES = "sst2=10000"  # the others train on their whole training set
 CORE = ["full", "earlybert", "random"]
+FOLDERS = {"sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B"}
 
 
-def qnli_split(out: Path, n_train: int = 2000) -> Path:
+def parse_samples(text: str) -> dict[str, int]:
+    """'sst2=10000,cola=500' -> caps per task; 'all' -> none (every task trains on its whole set)."""
+    if text == "all":
+        return {}
+    caps = {}
+    for item in text.split(","):
+        task, _, n = item.partition("=")
+        if task not in TASKS or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"finetune_glue.py: error: --train-samples takes all or TASK=N,...; got {text!r}")
+        caps[task] = int(n)
+    return caps
+
+
+def qnli_split(out: Path, source: Path = DATA, n_train: int = 2000) -> Path:
     """QNLI in the GLUE layout from its dev set: a fixed split into training and held-out pairs."""
     target = out / "QNLI"
     if (target / "dev.tsv").exists():
         return out
-    with open(DATA / "QNLI" / "dev.tsv", encoding="utf-8") as f:
+    with open(source / "QNLI" / "dev.tsv", encoding="utf-8") as f:
         header, *rows = f.read().splitlines()
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
@@ -139,24 +166,35 @@ def _ci(entry: dict, scale: float = 1.0, spec: str = ".2f") -> str:
     return f"{entry['mean'] * scale:{spec}} [{lo:{spec}}, {hi:{spec}}]"
 
 
-def write_results(args, runs: list[dict], started: float, mixed: str) -> None:
+def machine_info(mixed: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "mixed_precision": mixed}
+    if torch.cuda.is_available():
+        info |= {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    return info
+
+
+def write_results(args, runs: list[dict], started: float, mixed: str, notes: list[str] = ()) -> None:
     rows, table = comparison_table(runs)
     summ = summary(runs)
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cpu": cpu_name(), "mixed_precision": mixed}
+    machine = machine_info(mixed)
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
-              "summary": summ, "rows": rows, "runs": runs, "elapsed_s": time.time() - started}
+              "summary": summ, "notes": list(notes), "rows": rows, "runs": runs, "elapsed_s": time.time() - started}
     output = Path(args.output)
     atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=1))
+    caps = parse_samples(args.train_samples)
+    sets = "; ".join([*(f"{FOLDERS[t]} a fixed {n:,}-example subset" for t, n in caps.items() if t != "qnli"),
+                      f"{', '.join(FOLDERS[t] for t in TASKS if t not in caps and t != 'qnli')} whole"])
+    where = f"{machine['gpu']} (CUDA {machine['cuda']})" if "gpu" in machine else f"{machine['cpu']}, {machine['threads']} threads"
     lines = [
-        "# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE (CPU)", "",
+        f"# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE ({'GPU' if 'gpu' in machine else 'CPU'})", "",
         f"Command: `{result['command']}`  ",
-        f"Machine (this sitting): {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
-        f"mixed precision {mixed}  ",
-        "Training sets: SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B, RTE whole; QNLI trains on 2,000 "
+        f"Machine (this sitting): {where}, torch {machine['torch']}, mixed precision {mixed}  ",
+        f"Training sets: {sets}; QNLI trains on 2,000 "
         "pairs of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
         f"{args.max_length}, batch 32. Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
         "",
+        *(f"- {note}" for note in notes), *([""] if notes else []),
         table, "",
     ]
     if summ:
@@ -196,6 +234,14 @@ def write_results(args, runs: list[dict], started: float, mixed: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--data", default=str(DATA),
+                        help="GLUE folder (SST-2/, CoLA/, ...; QNLI needs dev.tsv only) or a .tar.xz of one")
+    parser.add_argument("--model", default=None, help="model folder (default: the MiniLM-L6 package's)")
+    parser.add_argument("--train-samples", default=TRAIN_SAMPLES, help="TASK=N caps, or all")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no (task, seed) group that the time left cannot hold (estimated from the "
+                             "groups done in this sitting)")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--layerdrop-seeds", default="1", help="seeds that also run LayerDrop, after all others")
     parser.add_argument("--max-length", type=int, default=128)
@@ -204,22 +250,69 @@ def main() -> None:
     parser.add_argument("--output", default=str(HERE / "results" / "finetune_glue_cpu"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    mixed = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
+    bf16 = torch.cuda.is_available() or native_bf16()
+    mixed = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if bf16 else "no")
+    caps = parse_samples(args.train_samples)
+    model = args.model or minilm_path()
     started = time.time()
     runs_dir = Path(args.runs)
-    qnli_root = qnli_split(runs_dir / "data")
+    data_root = unpacked(Path(args.data), runs_dir / "data")
+    qnli_root = qnli_split(runs_dir / "data", data_root)
     passes = [(int(s), CORE) for s in args.seeds.split(",")]
     passes += [(int(s), ["layerdrop"]) for s in args.layerdrop_seeds.split(",") if s]
+    notes: list[str] = []
+    spent_s = spent_units = 0.0  # wall time per unit of work (a training example-epoch) over this sitting's groups
     for seed, methods in passes:
         for task in args.tasks.split(","):
-            data = qnli_root if task == "qnli" else DATA
-            base = FinetuneConfig(model=minilm_path(), task=task, data=str(data), output=str(runs_dir / task),
-                                  max_train_samples=TRAIN_SAMPLES.get(task), max_length=args.max_length,
-                                  checkpoint_every=100, mixed_precision=mixed)
+            data = qnli_root if task == "qnli" else data_root
+            units = group_units(data / FOLDERS[task], caps.get(task), methods)
+            if args.budget_s is not None and spent_units:
+                need, left = 1.15 * units * spent_s / spent_units, args.budget_s - (time.time() - started)
+                if need > left:
+                    notes.append(f"{task} seed {seed} ({', '.join(methods)}) not started: it needs ~{need:.0f} s, "
+                                 f"{left:.0f} s of the budget were left")
+                    print(notes[-1], flush=True)
+                    continue
+            base = FinetuneConfig(model=model, task=task, data=str(data), output=str(runs_dir / task),
+                                  max_train_samples=caps.get(task), max_length=args.max_length,
+                                  checkpoint_every=args.checkpoint_every, mixed_precision=mixed)
             print(f"== {task} seed {seed}: {', '.join(methods)}", flush=True)
-            compare(replace(base), methods, [seed], resume=True)
-            write_results(args, collect(runs_dir), started, mixed)
+            t0 = time.time()
+            ran_before = all((runs_dir / task / f"{m}-seed{seed}" / "results.json").exists() for m in methods)
+            try:
+                done = compare(replace(base), methods, [seed], resume=True)
+            except Exception as e:  # one group's failure must not cost the others their (rare, GPU) run
+                logger.exception("%s seed %d failed", task, seed)
+                notes.append(f"{task} seed {seed} failed: {type(e).__name__}: {e}")
+                done = []
+            if done and not ran_before:
+                spent_s, spent_units = spent_s + time.time() - t0, spent_units + units
+            write_results(args, collect(runs_dir), started, mixed, notes)
+    write_results(args, collect(runs_dir), started, mixed, notes)
     print(Path(args.output).with_suffix(".md").read_text())
+
+
+def unpacked(data: Path, into: Path) -> Path:
+    """The GLUE folder itself, or the folder a .tar.xz of it (bench/gpu.py --prepare's glue.tar.xz) unpacks to."""
+    if not data.name.endswith(".tar.xz"):
+        return data
+    import tarfile
+
+    target = into / "glue"
+    if not target.is_dir():
+        with tarfile.open(data) as tar:
+            tar.extractall(target, filter="data")
+    return target
+
+
+def group_units(folder: Path, cap: int | None, methods: list[str]) -> float:
+    """A group's work in training example-epochs (full 3, EarlyBERT 0.2 + 2, random 2, LayerDrop 3), to scale the
+    time the groups so far took to the next one."""
+    with open(folder / "train.tsv", encoding="utf-8") as f:
+        n = sum(1 for _ in f) - 1
+    n = min(n, cap) if cap else n
+    epochs = {"full": 3, "earlybert": 2.2, "random": 2, "layerdrop": 3}
+    return math.ceil(n / 32) * 32 * sum(epochs[m] for m in methods)
 
 
 if __name__ == "__main__":

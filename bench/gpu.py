@@ -58,7 +58,10 @@ from earlybert.runs import atomic_write_text  # noqa: E402
 logger = logging.getLogger("gpu-bench")
 
 SHARED = Path(os.environ.get("EARLYBERT_DATA", ROOT.parent / "shared" / "data"))  # as the tests read it
-PAYLOAD_MINILM, PAYLOAD_TEXT = "minilm", "text.txt.xz"
+PAYLOAD_MINILM, PAYLOAD_TEXT, PAYLOAD_GLUE = "minilm", "text.txt.xz", "glue.tar.xz"
+# bench/finetune_glue.py on the GPU: the training and dev files of its six tasks (QNLI: dev only, split there)
+GLUE_FILES = {"SST-2": ("train.tsv", "dev.tsv"), "QNLI": ("dev.tsv",), "MRPC": ("train.tsv", "dev.tsv"),
+              "RTE": ("train.tsv", "dev.tsv"), "CoLA": ("train.tsv", "dev.tsv"), "STS-B": ("train.tsv", "dev.tsv")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 MAX_PAYLOAD_MIB = 56  # with the repository well under the 64 MiB a GPU run can bring along
 # Dense bf16 tensor-core peaks (vendor datasheets, TFLOP/s), matched in order against the device name.
@@ -75,8 +78,11 @@ TINY_C = dict(model_type="bert", hidden_size=64, num_hidden_layers=2, num_attent
 
 
 def prepare_payload(payload: Path, model: Path, glue: Path, text: Path, text_mb: float) -> dict:
-    """Write the model as bf16 safetensors (half of float32's size) with its tokenizer and config, SST-2's TSVs and
-    the first `text_mb` MB of pre-training text (whole documents, xz-compressed) into `payload`."""
+    """Write the model as bf16 safetensors (half of float32's size) with its tokenizer and config, SST-2's TSVs,
+    the six GLUE tasks of bench/finetune_glue.py as one xz tarball (~2.5 MB) and the first `text_mb` MB of
+    pre-training text (whole documents, xz-compressed) into `payload`."""
+    import tarfile
+
     from safetensors.torch import load_file, save_file
 
     for path, what in ((model / "model.safetensors", "model weights"), (glue / "SST-2" / "train.tsv", "SST-2"),
@@ -94,6 +100,11 @@ def prepare_payload(payload: Path, model: Path, glue: Path, text: Path, text_mb:
     (payload / "SST-2").mkdir()
     for name in ("train.tsv", "dev.tsv"):
         shutil.copy(glue / "SST-2" / name, payload / "SST-2" / name)
+    with tarfile.open(payload / PAYLOAD_GLUE, "w:xz") as tar:
+        for folder, names in GLUE_FILES.items():
+            for name in names:
+                if (glue / folder / name).is_file():  # a task missing here is reported by finetune_glue.py there
+                    tar.add(glue / folder / name, arcname=f"{folder}/{name}")
     limit, kept = int(text_mb * 1e6), []
     with open(text, encoding="utf-8") as lines:  # cut after a blank line, so no document is split
         size = 0
