@@ -104,8 +104,8 @@ def test_step_time_ratio_times_copies_on_the_same_batches(tiny_encoder, glue_dir
     eb.prune(slim, eb.random_scores_ticket(*eb.layer_shapes(slim), eb.TicketConfig(), 0))
     before = [p.detach().clone() for p in slim.parameters()] + [p.detach().clone() for p in full.parameters()]
     out = step_time_ratio(slim, full, task_info.train_features, padding_collator(task_info.tokenizer),
-                          TrainConfig(batch_size=8), Accelerator(cpu=True), pairs=4, warmup=1)
-    assert out["pairs"] == 4 and out["full_mean_step_s"] > 0 and out["slim_mean_step_s"] > 0
+                          TrainConfig(batch_size=8), Accelerator(cpu=True), pairs=4, batches=3)
+    assert out["pairs"] == 4 and out["batches"] == 3 and out["full_mean_step_s"] > 0 and out["slim_mean_step_s"] > 0
     assert out["ratio"] == pytest.approx(out["slim_mean_step_s"] / out["full_mean_step_s"])
     after = [p.detach() for p in slim.parameters()] + [p.detach() for p in full.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(before, after))  # the models themselves are not trained

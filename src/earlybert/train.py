@@ -313,12 +313,16 @@ def train_stage(
 
 
 def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Callable, config: TrainConfig,
-                    accelerator, pairs: int = 10, warmup: int = 2) -> dict:
+                    accelerator, pairs: int = 10, batches: int = 5) -> dict:
     """Mean training-step time of `slim` over that of `full` (forward, backward, optimizer), measured on copies
-    of both, on the same batches, interleaved ABBA so drift in the machine's speed falls on both alike; the first
-    `warmup` pairs are left out. A single run's estimate of the full model's time comes from this ratio and its
-    own measured steps: timing plain full steps, not the search's gated ones, which also carry the penalty and
-    the ticket bookkeeping."""
+    of both, on the same real batches, interleaved ABBA so drift in the machine's speed falls on both alike. A
+    single run's estimate of the full model's time comes from this ratio and its own measured steps: timing plain
+    full steps, not the search's gated ones, which also carry the penalty and the ticket bookkeeping.
+
+    The pairs cycle over `batches` fixed batches that both arms first run once untimed: a batch shape a model has
+    not seen costs extra on its first step (on a GPU, kernel selection for every new matrix shape), and a slim
+    model fresh from pruning has seen none, while the full model has seen many in the search: timing a new batch
+    per pair measured that warm-up, 5-6x the slim step, instead of the step."""
     import copy
 
     arms = []
@@ -326,25 +330,33 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
         model = copy.deepcopy(accelerator.unwrap_model(model)).to(accelerator.device).train()
         arms.append((model, make_optimizer(model, config, accelerator.device)))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(warmup + pairs):
+    fixed = []
+    for i in range(max(1, min(batches, pairs))):
         start = (i * config.batch_size) % max(1, len(dataset) - config.batch_size + 1)
         batch = collate_fn([dataset[j] for j in order[start : start + config.batch_size]])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        fixed.append({k: v.to(accelerator.device) for k, v in batch.items()})
+
+    def step(arm: int, batch: dict) -> float:
+        model, optimizer = arms[arm]
+        _synchronize(accelerator.device)
+        begin = time.perf_counter()
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _synchronize(accelerator.device)
+        return time.perf_counter() - begin
+
+    for batch in fixed:
+        step(0, batch), step(1, batch)
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(pairs):
         for arm in ((0, 1) if i % 2 == 0 else (1, 0)):
-            model, optimizer = arms[arm]
-            _synchronize(accelerator.device)
-            begin = time.perf_counter()
-            with accelerator.autocast():
-                loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _synchronize(accelerator.device)
-            if i >= warmup:
-                times[arm].append(time.perf_counter() - begin)
+            times[arm].append(step(arm, fixed[i % len(fixed)]))
     full_s, slim_s = statistics.fmean(times[0]), statistics.fmean(times[1])
-    return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs}
+    return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs,
+            "batches": len(fixed)}
 
 
 @torch.no_grad()
