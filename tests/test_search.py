@@ -213,3 +213,60 @@ def test_recorded_masks_are_the_masks_of_the_ticket_drawn_from_the_same_coeffici
             assert torch.equal(tracker.head_masks[-1], torch.cat(ticket.head_masks()))
             assert torch.equal(tracker.ffn_masks[-1], torch.cat(ticket.ffn_masks()))
         assert tracker.ticket == ticket and tracker.ticket.step == 3
+
+
+def test_the_penalty_gradient_is_lambda_sign_c_added_once():
+    model = build("bert", eb.slim.AUTO_CLASSES[4])
+    gates = eb.add_gates(model)
+    with torch.no_grad():
+        gates.head[0].copy_(torch.linspace(-1, 1, gates.head[0].numel()))  # negative, zero and positive gates
+    gates.ffn[0].grad = torch.full_like(gates.ffn[0], 0.5)  # a task gradient already there
+    config = eb.GateConfig(head_l1=1e-2, ffn_l1=1e-3)
+    eb.add_penalty_gradient(model, config)
+    assert torch.equal(gates.head[0].grad, 1e-2 * torch.sign(gates.head[0]))  # created where there was none
+    assert torch.equal(gates.ffn[0].grad, 0.5 + 1e-3 * torch.sign(gates.ffn[0]))
+    # the minimal loop's gate gradient at its step is the task gradient plus exactly that
+    fresh = build("bert", eb.slim.AUTO_CLASSES[4])
+    fresh_gates = eb.add_gates(fresh)
+    batch = {**inputs_for(fresh), "labels": torch.tensor([0, 1])}
+    fresh.eval()  # no dropout: both forward passes alike (the search's model.train() is undone by the loss_fn)
+    fresh(**batch).loss.backward()
+    task = [g.grad.clone() for g in fresh_gates.parameters()]
+    fresh.zero_grad(set_to_none=True)
+    seen = []
+    optimizer = torch.optim.SGD(fresh.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(lambda *_: seen.append([g.grad.clone() for g in fresh_gates.parameters()]))
+    eb.search(fresh, [batch], optimizer, search_config=SearchConfig(max_steps=1), gate_config=config,
+              loss_fn=lambda m, b: m.eval()(**b).loss)
+    strengths = [config.head_l1] * len(fresh_gates.head) + [config.ffn_l1] * len(fresh_gates.ffn)
+    for got, t, g, lam in zip(seen[0], task, fresh_gates.parameters(), strengths):
+        assert torch.allclose(got, t + lam * torch.sign(g.detach()), atol=1e-7)
+
+
+def test_the_search_stage_penalty_is_not_clipped_with_the_task_gradient(tiny_encoder, glue_dir, tmp_path):
+    """Clipping the gradients to (almost) nothing leaves the penalty whole: with plain SGD at lr 1 on the gates,
+    one step moves every gate by lambda * sign(c), whatever the task gradient was."""
+    from accelerate import Accelerator
+
+    from earlybert.data import padding_collator
+    from earlybert.finetune import FinetuneConfig
+    from earlybert.runs import RunFolder
+    from earlybert.search import run_search
+    from earlybert.tasks import load_model_for, prepare_task
+    from earlybert.ticket import TicketConfig
+    from earlybert.train import TrainConfig
+
+    config = FinetuneConfig(model=str(tiny_encoder), task="sst2", data=str(glue_dir), output="unused")
+    info = prepare_task(config)
+    model = load_model_for(config.model, info)
+    gate_config = eb.GateConfig(head_l1=1e-2, ffn_l1=1e-3)
+    folder = RunFolder(tmp_path / "run", resume=False, overwrite=False).create()
+    train = TrainConfig(batch_size=8, max_steps=1, max_grad_norm=1e-12, checkpoint_every=0)
+    accelerator = Accelerator(cpu=True)
+    run_search(model, info.train_features, padding_collator(info.tokenizer), train, SearchConfig(max_steps=1),
+               TicketConfig(), gate_config, accelerator, accelerator, folder,
+               optimizer_fn=lambda m: torch.optim.SGD(m.parameters(), lr=1.0))
+    gates = eb.get_gates(model)
+    for params, lam in ((gates.head, 1e-2), (gates.ffn, 1e-3)):
+        for g in params:  # all gates start at 1: sign(c) = 1
+            assert torch.allclose(g.detach(), torch.full_like(g, 1 - lam), atol=1e-9)

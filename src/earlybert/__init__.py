@@ -1,7 +1,7 @@
 """earlybert: cheaper BERT-family training with structured early-bird lottery tickets.
 
     import earlybert as eb
-    gates = eb.add_gates(model)                      # 1. search: train with loss + eb.sparsity_penalty(model)
+    gates = eb.add_gates(model)                      # 1. search: train, eb.add_penalty_gradient(model) each step
     ticket = eb.draw_ticket(*gates.scores())         # 2. draw: 1/3 heads per layer, 40% FFN neurons globally
     eb.remove_gates(model); eb.prune(model, ticket)  # 3. slim model: train it, save_pretrained, reload with Auto*
 
@@ -10,7 +10,8 @@ Importing earlybert registers the slim model classes with transformers' Auto cla
 
 from .archs import ARCHS, Arch, get_arch, layer_shapes
 from .flops import count_flops
-from .gates import GateConfig, GateSet, add_gates, get_gates, remove_gates, search_optimizer, sparsity_penalty
+from .gates import (GateConfig, GateSet, add_gates, add_penalty_gradient, get_gates, remove_gates, search_optimizer,
+                    sparsity_penalty)
 from .prune import prune
 from .search import EarlyBird, SearchConfig, SearchResult, search
 from .slim import SLIM_CONFIGS, SLIM_MODELS
@@ -55,4 +56,5 @@ __all__ = [
     "search",
     "search_optimizer",
     "sparsity_penalty",
+    "add_penalty_gradient",
 ]

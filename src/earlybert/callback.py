@@ -7,8 +7,7 @@
     Trainer(model=slim, args=slim_training_args(args), train_dataset=ds).train()     # 2x the learning rate
 
 The L1 penalty enters as its gradient, lambda * sign(c), added to the gates' gradients once per optimizer step
-(`on_pre_optimizer_step`): Trainer owns the loss, and this keeps the penalty's weight independent of gradient
-accumulation. Trainer clips gradients before this event, so the penalty gradient itself is not clipped.
+(`on_pre_optimizer_step`, after Trainer's clipping), as in every search of the package (`gates.add_penalty_gradient`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from .gates import GATES_ATTR, GateConfig, GateSet, remove_gates
+from .gates import GATES_ATTR, GateConfig, GateSet, add_penalty_gradient, remove_gates
 from .prune import prune
 from .search import EarlyBird, SearchConfig
 from .ticket import Ticket, TicketConfig
@@ -71,13 +70,8 @@ class EarlyBirdCallback(TrainerCallback):
                            "optimizers=(earlybert.search_optimizer(model, args.learning_rate), None) to the Trainer, "
                            "or GateConfig(lr='model') for the paper's setting", sorted(rates), wanted)
 
-    @torch.no_grad()
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        for gates, strength in ((self.gates.head, self.gate_config.head_l1), (self.gates.ffn, self.gate_config.ffn_l1)):
-            for g in gates:
-                if g.grad is None:
-                    g.grad = torch.zeros_like(g)
-                g.grad.add_(torch.sign(g), alpha=strength)
+        add_penalty_gradient(self.gates, self.gate_config)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.tracker.record(state.global_step, self.gates):

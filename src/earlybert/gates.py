@@ -157,15 +157,31 @@ def remove_gates(model: nn.Module, fold: bool = False) -> GateSet:
 
 
 def sparsity_penalty(model_or_gates: nn.Module, config: GateConfig | None = None) -> torch.Tensor:
-    """lambda_head * ||c_head||_1 + lambda_ffn * ||c_ffn||_1 (Eq. 4).
-
-    Add it to the task loss *before* dividing by the gradient-accumulation steps, so the effective lambda
-    does not depend on how a batch is split.
-    """
+    """lambda_head * ||c_head||_1 + lambda_ffn * ||c_ffn||_1 (Eq. 4): the penalty's value, for logging. Training
+    applies it through its gradient, `add_penalty_gradient`, the same way in every loop."""
     config = config or GateConfig()
     gates = model_or_gates if isinstance(model_or_gates, GateSet) else get_gates(model_or_gates)
     head_l1, ffn_l1 = gates.l1()
     return config.head_l1 * head_l1 + config.ffn_l1 * ffn_l1
+
+
+@torch.no_grad()
+def add_penalty_gradient(model_or_gates: nn.Module, config: GateConfig | None = None) -> None:
+    """The penalty's gradient, lambda * sign(c), added to the gates' gradients: call it once per optimizer step,
+    right before the step (after gradient accumulation, loss unscaling and clipping).
+
+    Every search applies the penalty this way (our stages through an optimizer pre-step hook, `search.search`,
+    the Trainer callback), because it is the one point every training loop exposes, Trainer's included (its
+    `on_pre_optimizer_step`): the penalty's weight then does not depend on accumulation, on a loss scaler or on
+    clipping, which would otherwise shrink it with the task gradient whenever that is large. It equals the
+    gradient of `sparsity_penalty` added to the loss whenever no clipping acts."""
+    config = config or GateConfig()
+    gates = model_or_gates if isinstance(model_or_gates, GateSet) else get_gates(model_or_gates)
+    for params, strength in ((gates.head, config.head_l1), (gates.ffn, config.ffn_l1)):
+        for g in params:
+            if g.grad is None:
+                g.grad = torch.zeros_like(g)
+            g.grad.add_(torch.sign(g), alpha=strength)
 
 
 def decay_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:

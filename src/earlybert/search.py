@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gates import GateConfig, GateSet, add_gates, get_gates, sparsity_penalty
+from .gates import GateConfig, GateSet, add_gates, add_penalty_gradient, get_gates
 from .ticket import Ticket, TicketConfig, draw_masks, draw_ticket
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,8 @@ def search(
         for batch in batches:
             seen_any = True
             loss = loss_fn(model, batch)
-            (loss + sparsity_penalty(gates, gate_config)).backward()
+            loss.backward()
+            add_penalty_gradient(gates, gate_config)
             optimizer.step()
             if lr_scheduler is not None:
                 lr_scheduler.step()
@@ -292,18 +293,25 @@ def run_search(model: nn.Module, dataset, collate_fn: Callable, train_config, se
     instead. `wrap` puts the gated model in the module that computes the loss (pre-training's masked-LM head);
     `budget` may pause the stage (see train.StepBudget). Returns the ticket and search.json's content."""
     from .runs import broadcast_ticket, remove_checkpoint
-    from .train import train_stage
+    from .train import make_optimizer, train_stage
 
     done = folder.read_json("search.json")
     if done is None:
         logger.info("stage: search (gates + L1, early-bird stop)")
         gates = add_gates(model)
         tracker = EarlyBird(ticket_config, search_config)
+
+        def penalized_optimizer(trained: nn.Module) -> torch.optim.Optimizer:
+            # The hook runs inside the real optimizer's step, i.e. once per optimizer step, after accumulation,
+            # loss unscaling and clipping: see gates.add_penalty_gradient.
+            optimizer = (optimizer_fn or (lambda m: make_optimizer(m, train_config, stage_accelerator.device)))(trained)
+            optimizer.register_step_pre_hook(lambda *_: add_penalty_gradient(gates, gate_config))
+            return optimizer
+
         result = train_stage(
             "search", wrap(model) if wrap else model, dataset, collate_fn, train_config, stage_accelerator,
-            checkpoint_dir=folder.path / "search_checkpoint", extra_loss=lambda _: sparsity_penalty(gates, gate_config),
-            on_step=lambda step, _: tracker.record(step, gates), tracker=tracker, optimizer_fn=optimizer_fn,
-            budget=budget,
+            checkpoint_dir=folder.path / "search_checkpoint", on_step=lambda step, _: tracker.record(step, gates),
+            tracker=tracker, optimizer_fn=penalized_optimizer, budget=budget,
         )
         ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
         done = {"stage": {**result.summary(), "budget": search_config.budget}, "losses": result.losses,
