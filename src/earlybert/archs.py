@@ -29,6 +29,8 @@ class Arch:
     config_num_heads: str  # config field: heads per layer
     config_intermediate: str  # config field: FFN width
     config_num_layers: str  # config field: number of blocks
+    mlm_head: str | None = None  # attribute of the family's *ForMaskedLM holding its prediction head (pre-training)
+    position_offset: int = 0  # position ids start here (RoBERTa: padding_idx + 1), so the table holds that many fewer
 
 
 _BERT_LIKE = dict(
@@ -49,8 +51,8 @@ _BERT_LIKE = dict(
 )
 
 ARCHS: dict[str, Arch] = {
-    "bert": Arch(model_type="bert", **_BERT_LIKE),
-    "roberta": Arch(model_type="roberta", **_BERT_LIKE),
+    "bert": Arch(model_type="bert", mlm_head="cls", **_BERT_LIKE),
+    "roberta": Arch(model_type="roberta", mlm_head="lm_head", position_offset=2, **_BERT_LIKE),
     "electra": Arch(model_type="electra", **_BERT_LIKE),
     "distilbert": Arch(
         model_type="distilbert",
@@ -92,6 +94,24 @@ def get_arch(model_or_type: nn.Module | str) -> Arch:
             f"earlybert does not support model type {model_type!r}; supported: {', '.join(sorted(ARCHS))}"
         )
     return arch
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a config's position table holds (None when it has none, e.g. relative positions)."""
+    size = getattr(config, "max_position_embeddings", None)
+    if size is None:
+        return None
+    arch = ARCHS.get(family_of(getattr(config, "model_type", "")))
+    return size - (arch.position_offset if arch else 0)
+
+
+def mlm_head(model_type: str) -> str:
+    """The prediction head's attribute on a family's *ForMaskedLM; TypeError for families pre-training lacks."""
+    arch = ARCHS.get(family_of(model_type))
+    if arch is None or arch.mlm_head is None:
+        supported = ", ".join(name for name, a in ARCHS.items() if a.mlm_head)
+        raise TypeError(f"pre-training supports {supported}; got model type {model_type!r}")
+    return arch.mlm_head
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

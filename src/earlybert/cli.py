@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .archs import blocks, get_arch, layer_shapes
+from .archs import blocks, get_arch, layer_shapes, max_positions
 from .flops import count_flops
 from .prune import check_ticket_fits, prune
 from .ticket import Ticket, TicketConfig, random_scores_ticket
@@ -72,8 +72,7 @@ def _auto_class_for(head_class_name: str):
 
 
 def _max_seq_len(model) -> int:
-    # RoBERTa offsets positions by padding_idx + 1; staying 2 under the table size is safe for every family.
-    return model.config.max_position_embeddings - 2
+    return max_positions(model.config) or 512  # a model without a position table: any length, 512 as a default
 
 
 def _example_batch(model, batch_size: int, seq_len: int) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .archs import layer_shapes
+from .archs import layer_shapes, max_positions, mlm_head
 from .gates import GateConfig
 from .prune import prune
 from .runs import RunFolder, WallClock, atomic_write_bytes, atomic_write_text, remove_checkpoint
@@ -39,7 +39,6 @@ NAMED_CONFIGS = {
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "bert-small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
-MLM_HEADS = {"bert": "cls", "roberta": "lm_head"}  # the prediction head of each family's *ForMaskedLM
 
 
 PRETRAIN_FFN_RATIO = 0.3  # the paper prunes 30% of FFN neurons in pre-training (40% in fine-tuning)
@@ -129,11 +128,8 @@ class MaskedLM(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        family = model.config.model_type.removeprefix("earlybert_")
-        if family not in MLM_HEADS:
-            raise TypeError(f"pre-training supports {', '.join(MLM_HEADS)}; got model type {family!r}")
+        self.head_name = mlm_head(model.config.model_type)  # looked up, not registered twice: the state dict stays the model's
         self.model = model
-        self.head_name = MLM_HEADS[family]  # looked up, not registered twice: the state dict stays the model's
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -173,8 +169,7 @@ def build_config(name_or_path: str, vocab_size: int):
             config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
-    if config.model_type not in MLM_HEADS:
-        raise TypeError(f"pre-training supports {', '.join(MLM_HEADS)}; got model type {config.model_type!r}")
+    mlm_head(config.model_type)  # a family without a masked-LM head fails here, before anything is written
     return config
 
 
@@ -190,8 +185,8 @@ def prepare(config: PretrainConfig):
     if len(tokenizer) > model_config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the config embeds only "
                          f"{model_config.vocab_size}: they do not match")
-    limit = model_config.max_position_embeddings - (2 if model_config.model_type == "roberta" else 0)
-    if max(config.seq_len) > limit:
+    limit = max_positions(model_config)
+    if limit is not None and max(config.seq_len) > limit:
         raise ValueError(f"sequence length {max(config.seq_len)} exceeds the config's {limit} position embeddings")
     files = mlm_data.text_files(list(config.text))
     cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"

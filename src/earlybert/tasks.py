@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import data as glue_data
+from .archs import max_positions
 from .metrics import classification_metrics, regression_metrics
 
 SQUAD_FILES = ("train-v1.1.json", "dev-v1.1.json")
@@ -96,7 +97,7 @@ def prepare_task(config) -> TaskInfo:
     model_config = load_model_config(config.model)
     tokenizer = load_tokenizer(config.model)
     glue_data.check_tokenizer(tokenizer, model_config)
-    limit = getattr(model_config, "max_position_embeddings", None)
+    limit = max_positions(model_config)
     if limit is not None and config.max_length > limit:
         raise ValueError(f"max length {config.max_length} exceeds the model's {limit} position embeddings")
     if config.task == "squad":
