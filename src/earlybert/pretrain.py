@@ -26,9 +26,9 @@ from torch import nn
 from .archs import layer_shapes, max_positions, mlm_head
 from .gates import GateConfig
 from .prune import prune
-from .runs import RunFolder, WallClock, atomic_write_bytes, atomic_write_text, remove_checkpoint
+from .runs import RunFolder, WallClock, atomic_write_bytes, remove_checkpoint
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
-from .ticket import Ticket, TicketConfig
+from .ticket import TicketConfig
 from .train import Paused, StepBudget, TrainConfig, decay_groups, train_stage
 
 logger = logging.getLogger(__name__)
@@ -285,20 +285,6 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
     return stages, losses, ticket, model, wrapper
 
 
-def _figures(folder, ticket: Ticket | None, losses: dict[str, list[float]]) -> list[str]:
-    """The search's mask distance (the paper's Fig. 1, top), the ticket's shape and the MLM loss, for report.md."""
-    from .report import plot_losses, plot_mask_distance, plot_ticket
-
-    figures = [("MLM loss per step", "loss.png")]
-    plot_losses(losses, folder.path / "loss.png")
-    if ticket is not None:
-        plot_mask_distance(folder.read_json("mask_history.json"), folder.path / "mask_distance.png")
-        plot_ticket(ticket, folder.path / "ticket.png")
-        figures = [("Mask distance during the search (paper Fig. 1, top)", "mask_distance.png"),
-                   ("Kept heads and FFN neurons per layer", "ticket.png"), *figures]
-    return [line for caption, name in figures for line in (f"### {caption}", "", f"![{caption}]({name})", "")]
-
-
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False,
              stop_after: int | None = None) -> dict | None:
     """Pre-train with `config.method` into `config.output`; returns results.json's content.
@@ -309,6 +295,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
 
     from .flops import count_flops
     from .mlm_data import SeededMLMCollator
+    from .report import write_pretrain_report  # matplotlib: imported only when a run gets that far
 
     budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
     mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
@@ -368,15 +355,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     if accelerator.is_main_process:
         model.save_pretrained(folder.path / "model")
         tokenizer.save_pretrained(folder.path / "model")
-        lines = [f"# {config.method} pre-training (seed {config.seed})", "",
-                 "| stage | steps | step time (s) | mean step (s) |", "|---|---|---|---|",
-                 *[f"| {k} | {v['steps']} | {v['step_time_s']:.1f} | {v['mean_step_s']:.3f} |" for k, v in stages.items()],
-                 "", f"Total step time {total_step_s:.1f} s.", "",
-                 *[f"Held-out MLM loss at {k}: {v['mlm_loss']:.4f} (perplexity {v['perplexity']:.1f})"
-                   for k, v in evaluation.items()], "", f"Theoretical fraction of the full run's linear-layer FLOPs "
-                 f"saved: {results['theoretical_fraction_saved_flops']:.1%}.", ""]
-        lines += _figures(folder, ticket, losses)
-        atomic_write_text(folder.path / "report.md", "\n".join(lines))
+        write_pretrain_report(folder, results, ticket)
         folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
     accelerator.wait_for_everyone()
     return results

@@ -140,6 +140,28 @@ def write_run_report(folder: Path, config, results: dict, ticket: Ticket | None,
     atomic_write_text(folder / "report.md", "\n".join(lines))
 
 
+def write_pretrain_report(folder, results: dict, ticket: Ticket | None) -> None:
+    """report.md of a pre-training run: stages, held-out loss, FLOP saving, the search's mask distance (the
+    paper's Fig. 1, top), the ticket's shape and the MLM loss per step."""
+    stages, losses = results["stages"], results["losses"]
+    lines = [f"# {results['method']} pre-training (seed {results['seed']})", "",
+             "| stage | steps | step time (s) | mean step (s) |", "|---|---|---|---|",
+             *[f"| {k} | {v['steps']} | {v['step_time_s']:.1f} | {v['mean_step_s']:.3f} |" for k, v in stages.items()],
+             "", f"Total step time {results['total_step_time_s']:.1f} s.", "",
+             *[f"Held-out MLM loss at {k}: {v['mlm_loss']:.4f} (perplexity {v['perplexity']:.1f})"
+               for k, v in results["held_out"].items()], "", f"Theoretical fraction of the full run's linear-layer FLOPs "
+             f"saved: {results['theoretical_fraction_saved_flops']:.1%}.", ""]
+    figures = [("MLM loss per step", "loss.png")]
+    plot_losses(losses, folder.path / "loss.png")
+    if ticket is not None:
+        plot_mask_distance(folder.read_json("mask_history.json"), folder.path / "mask_distance.png")
+        plot_ticket(ticket, folder.path / "ticket.png")
+        figures = [("Mask distance during the search (paper Fig. 1, top)", "mask_distance.png"),
+                   ("Kept heads and FFN neurons per layer", "ticket.png"), *figures]
+    lines += [line for caption, name in figures for line in (f"### {caption}", "", f"![{caption}]({name})", "")]
+    atomic_write_text(folder.path / "report.md", "\n".join(lines))
+
+
 def trained_vs_full_lines(results: dict) -> list[str]:
     """report.md's section on what the user got: size and inference speed of the trained model against the full."""
     got = results.get("trained_vs_full")
