@@ -189,6 +189,94 @@ class StepLog:
             self.bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}")
 
 
+def _stage_length(num_examples: int, config: TrainConfig, num_processes: int) -> tuple[int, int]:
+    """The stage's schedule length and the steps it actually runs, both in optimizer steps."""
+    per_epoch = steps_per_epoch(num_examples, config, num_processes)
+    # The learning-rate schedule spans `epochs`; max_steps only cuts the stage short. The search is the start
+    # of an ordinary run that stops early, so its learning rate must not decay to zero within the search.
+    schedule = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
+    total = schedule if config.max_steps is None else min(schedule, config.max_steps)
+    return schedule, total
+
+
+def _prepare_optimization(model: nn.Module, config: TrainConfig, accelerator, schedule: int,
+                          optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None):
+    """The model, its optimizer and a linear warm-up/decay schedule over `schedule` steps, prepared by accelerate."""
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = optimizer_fn(model) if optimizer_fn else make_optimizer(model, config, accelerator.device)
+    # accelerate steps a prepared scheduler once per process at every optimizer step (its convention for
+    # schedules written for one process), so the schedule is laid out over schedule * num_processes steps.
+    n = accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * schedule) * n, schedule * n)
+    return accelerator.prepare(model, optimizer, scheduler)
+
+
+@dataclass
+class _Position:
+    """How far a stage has got: its result so far and where it is in the data. What a checkpoint resumes."""
+
+    result: StageResult
+    epoch: int = 0
+    batches_done: int = 0  # micro-batches of `epoch` already trained on
+
+    def state_dict(self, tracker) -> dict:
+        """progress.json's content."""
+        return {
+            "result": asdict(self.result),
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "tracker": tracker.state_dict() if tracker is not None else None,
+        }
+
+
+def _resume(name: str, checkpoint_dir: Path | None, accelerator, tracker) -> _Position:
+    """The position of the stage's latest checkpoint, with model, optimizer, scheduler, RNG and `tracker` states
+    loaded from it; the start of the stage when there is none."""
+    checkpoint = find_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if checkpoint is None:
+        return _Position(StageResult(name))
+    accelerator.load_state(str(checkpoint))
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    result = StageResult(**progress["result"])
+    epoch, batches_done = progress["epoch"], progress["batches_done"]
+    if tracker is not None:
+        tracker.load_state_dict(progress["tracker"])
+    accelerator.print(f"[{name}] resumed at step {result.steps} (epoch {epoch}, batch {batches_done})")
+    return _Position(result, epoch, batches_done)
+
+
+def _epoch_loader(dataset, collate_fn: Callable, config: TrainConfig, accelerator, epoch: int, batches_done: int):
+    """The batches of `epoch` not yet trained on."""
+    # Each epoch's order comes from its own seed, and a resumed run skips the batches already done, so it
+    # sees exactly the batches (and, across processes, the same padding of the last one) as the killed run.
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+    loader = accelerator.prepare(make_loader(dataset, collate_fn, config.batch_size, order.tolist()))
+    if batches_done:
+        loader = accelerator.skip_first_batches(loader, batches_done)
+    return loader
+
+
+def _check_budget(name: str, budget: StepBudget | None, checkpoint_dir: Path | None) -> None:
+    """Only a stage that can resume may pause; one whose budget is already spent pauses before it starts."""
+    if budget is not None and checkpoint_dir is None:
+        raise ValueError("a stage can pause only with a checkpoint directory to resume from")
+    if budget is not None and budget.left <= 0:
+        raise Paused(name)
+
+
+def _checkpoint_or_pause(name: str, spent: bool, position: _Position, tracker, config: TrainConfig, accelerator,
+                         checkpoint_dir: Path | None, log: StepLog, bar) -> None:
+    """After an optimizer step: a checkpoint every `checkpoint_every` steps, and one before pausing once the step
+    budget is spent."""
+    if spent or (checkpoint_dir and config.checkpoint_every and position.result.steps % config.checkpoint_every == 0):
+        log.flush()
+        save_checkpoint(accelerator, checkpoint_dir, position.state_dict(tracker))
+    if spent:
+        bar.close()
+        raise Paused(name)
+
+
 def train_stage(
     name: str,
     model: nn.Module,
@@ -213,59 +301,22 @@ def train_stage(
     stage. `tracker` (with state_dict / load_state_dict) is checkpointed with the stage. Returns timings and
     losses; the model is trained in place. Once `budget` is spent the stage checkpoints and raises `Paused`.
     """
-    from transformers import get_linear_schedule_with_warmup
-
     from accelerate.utils import set_seed
 
-    if budget is not None and checkpoint_dir is None:
-        raise ValueError("a stage can pause only with a checkpoint directory to resume from")
-    if budget is not None and budget.left <= 0:
-        raise Paused(name)
+    _check_budget(name, budget, checkpoint_dir)
     set_seed(config.seed)
-    per_epoch = steps_per_epoch(len(dataset), config, accelerator.num_processes)
-    # The learning-rate schedule spans `epochs`; max_steps only cuts the stage short. The search is the start
-    # of an ordinary run that stops early, so its learning rate must not decay to zero within the search.
-    schedule = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
-    total = schedule if config.max_steps is None else min(schedule, config.max_steps)
-    optimizer = optimizer_fn(model) if optimizer_fn else make_optimizer(model, config, accelerator.device)
-    # accelerate steps a prepared scheduler once per process at every optimizer step (its convention for
-    # schedules written for one process), so the schedule is laid out over schedule * num_processes steps.
-    n = accelerator.num_processes
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * schedule) * n, schedule * n)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    schedule, total = _stage_length(len(dataset), config, accelerator.num_processes)
+    model, optimizer, scheduler = _prepare_optimization(model, config, accelerator, schedule, optimizer_fn)
     raw_model = accelerator.unwrap_model(model)
-
-    result, epoch, batches_done = StageResult(name), 0, 0
-    checkpoint = find_checkpoint(checkpoint_dir) if checkpoint_dir else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        progress = json.loads((checkpoint / "progress.json").read_text())
-        result = StageResult(**progress["result"])
-        epoch, batches_done = progress["epoch"], progress["batches_done"]
-        if tracker is not None:
-            tracker.load_state_dict(progress["tracker"])
-        accelerator.print(f"[{name}] resumed at step {result.steps} (epoch {epoch}, batch {batches_done})")
-
-    def progress_state() -> dict:
-        return {
-            "result": asdict(result),
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "tracker": tracker.state_dict() if tracker is not None else None,
-        }
+    position = _resume(name, checkpoint_dir, accelerator, tracker)
+    result = position.result
 
     model.train()
     wall_start = time.perf_counter() - result.wall_s
     bar = tqdm(total=total, initial=result.steps, desc=name, disable=not accelerator.is_local_main_process)
     log, micro_losses = StepLog(accelerator.device, result, bar), []
     while result.steps < total and result.stop_reason == "completed":
-        # Each epoch's order comes from its own seed, and a resumed run skips the batches already done, so it
-        # sees exactly the batches (and, across processes, the same padding of the last one) as the killed run.
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        loader = accelerator.prepare(make_loader(dataset, collate_fn, config.batch_size, order.tolist()))
-        if batches_done:
-            loader = accelerator.skip_first_batches(loader, batches_done)
-        for batch in loader:
+        for batch in _epoch_loader(dataset, collate_fn, config, accelerator, position.epoch, position.batches_done):
             log.start()
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -278,7 +329,7 @@ def train_stage(
                 optimizer.zero_grad(set_to_none=True)
             log.stop()
             micro_losses.append(loss.detach().float())
-            batches_done += 1
+            position.batches_done += 1
             if not accelerator.sync_gradients:
                 continue
             result.steps += 1
@@ -297,14 +348,9 @@ def train_stage(
             spent = budget is not None and budget.spend()
             if result.steps >= total or result.stop_reason != "completed":
                 break
-            if spent or (checkpoint_dir and config.checkpoint_every and result.steps % config.checkpoint_every == 0):
-                log.flush()
-                save_checkpoint(accelerator, checkpoint_dir, progress_state())
-            if spent:
-                bar.close()
-                raise Paused(name)
+            _checkpoint_or_pause(name, spent, position, tracker, config, accelerator, checkpoint_dir, log, bar)
         else:
-            epoch, batches_done = epoch + 1, 0
+            position.epoch, position.batches_done = position.epoch + 1, 0
     log.flush()
     bar.close()
     result.wall_s = time.perf_counter() - wall_start
