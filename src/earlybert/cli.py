@@ -149,7 +149,18 @@ def _copy_tokenizer(source: str, output: Path) -> None:
         logger.warning("no tokenizer found at %s; the slim model was saved without one", source)
 
 
+def _defaults(config_class) -> dict:
+    """The default of every field of a config dataclass: each flag takes its default from the field it fills, so
+    the default is defined once, in the dataclass."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+
+
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    from .finetune import FinetuneConfig
+
+    d = _defaults(FinetuneConfig)
     p.add_argument("--model", required=True, help="pretrained encoder: local directory or hub name")
     p.add_argument("--task", help="sst2, mnli, qnli, qqp, cola, rte, mrpc, stsb or squad (omit for --train-file data)")
     p.add_argument("--data", help="folder with the task's files (GLUE layout / SQuAD JSON) or a hub dataset name")
@@ -157,28 +168,30 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", help="your own labelled data: .csv, .tsv or .jsonl")
     p.add_argument("--validation-file", help="your own validation data, same format")
     p.add_argument("--text-columns", help="one or two comma-separated text columns of your files")
-    p.add_argument("--label-column", default="label", help="label column of your files (default label)")
+    p.add_argument("--label-column", default=d["label_column"], help="label column of your files (%(default)s)")
     p.add_argument("--regression", action="store_true", help="your labels are real numbers")
     p.add_argument("--max-length", type=int, help="tokens per sequence (128; SQuAD 384)")
-    p.add_argument("--doc-stride", type=int, default=128, help="SQuAD window overlap (128)")
+    p.add_argument("--doc-stride", type=int, default=d["doc_stride"], help="SQuAD window overlap (%(default)s)")
     p.add_argument("--max-train-samples", type=int, help="fixed random subset of the training set")
     p.add_argument("--max-eval-samples", type=int, help="fixed random subset of each evaluation set")
     p.add_argument("--epochs", type=float, help="baseline epochs (3; SQuAD 2)")
     p.add_argument("--lr", type=float, help="baseline learning rate (2e-5; SQuAD 3e-5)")
     p.add_argument("--earlybert-epochs", type=float, help="slim-model epochs (2; SQuAD keeps its default)")
     p.add_argument("--lr-scale", type=float, help="slim-model learning-rate multiplier (2; SQuAD 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="per-process batch size (32)")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (1)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-ratio", type=float, default=0.0)
-    p.add_argument("--search-epoch-fraction", type=float, default=0.2, help="search budget in epochs (0.2)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="per-process batch size (%(default)s)")
+    p.add_argument("--grad-accum", type=int, default=d["grad_accum"], help="gradient accumulation steps (%(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="(%(default)s)")
+    p.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"], help="(%(default)s)")
+    p.add_argument("--search-epoch-fraction", type=float, default=d["search_epoch_fraction"],
+                   help="search budget in epochs (%(default)s)")
     p.add_argument("--search-max-steps", type=int, help="search budget in steps (the smaller budget wins)")
     _search_flags(p)
     p.add_argument("--record-every", type=int, help="record a mask every N search steps (default: budget / 40)")
     _ticket_flags(p, TicketConfig.ffn_ratio)
     p.add_argument("--ticket-like", help="random method: copy the per-layer shape of this ticket.json")
-    p.add_argument("--layerdrop", type=float, default=1 / 3, help="LayerDrop rate while training (1/3)")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    p.add_argument("--layerdrop", type=float, default=d["layerdrop"], help="LayerDrop rate while training (1/3)")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
+                   help="optimizer steps between checkpoints (%(default)s)")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="default: bf16 on GPUs, no on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
@@ -342,7 +355,9 @@ def cmd_pretrain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pretrain import PRETRAIN_FFN_RATIO
+    from .finetune import METHODS, FinetuneConfig
+    from .pretrain import PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
+
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -364,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="search, draw, train the slim model, evaluate, report (one method)")
     _add_finetune_args(p)
-    p.add_argument("--method", choices=["full", "earlybert", "random", "layerdrop"], default="earlybert")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--method", choices=METHODS, default=_defaults(FinetuneConfig)["method"])
+    p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, or compare both")
@@ -373,22 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name")
     p.add_argument("--text", required=True, nargs="+", help="text files or folders of *.txt (blank line = new doc)")
     p.add_argument("--output", required=True, help="run folder (compare: one subfolder per method)")
-    p.add_argument("--method", choices=["full", "earlybert", "compare"], default="earlybert")
-    p.add_argument("--steps", type=int, default=8601, help="full run's optimizer steps, both phases (8601)")
-    p.add_argument("--phase1-fraction", type=float, default=0.9, help="share of steps at the first length (0.9)")
-    p.add_argument("--seq-len", type=_pair(int), default=(128, 512), help="per phase (128,512)")
-    p.add_argument("--batch-size", type=_pair(int), default=(64, 32), help="per process and micro-batch (64,32)")
-    p.add_argument("--grad-accum", type=_pair(int), default=(1, 1), help="per phase, for large effective batches")
-    p.add_argument("--lr", type=_pair(float), default=(6e-3, 4e-3), help="LAMB peak learning rate per phase")
-    p.add_argument("--warmup-ratio", type=_pair(float), default=(0.2843, 0.128), help="per phase")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--held-out", type=float, default=0.01, help="tail of the text kept for MLM loss (0.01)")
-    p.add_argument("--search-steps", type=int, help="search budget (default 400 x steps / 8601)")
+    d = _defaults(PretrainConfig)
+    p.add_argument("--method", choices=["full", "earlybert", "compare"], default=d["method"])
+    p.add_argument("--steps", type=int, default=d["steps"], help="full run's optimizer steps, both phases (%(default)s)")
+    p.add_argument("--phase1-fraction", type=float, default=d["phase1_fraction"],
+                   help="share of steps at the first length (%(default)s)")
+    p.add_argument("--seq-len", type=_pair(int), default=d["seq_len"], help="per phase (%(default)s)")
+    p.add_argument("--batch-size", type=_pair(int), default=d["batch_size"],
+                   help="per process and micro-batch (%(default)s)")
+    p.add_argument("--grad-accum", type=_pair(int), default=d["grad_accum"],
+                   help="per phase, for large effective batches (%(default)s)")
+    p.add_argument("--lr", type=_pair(float), default=d["lr"], help="LAMB peak learning rate per phase (%(default)s)")
+    p.add_argument("--warmup-ratio", type=_pair(float), default=d["warmup_ratio"], help="per phase (%(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="(%(default)s)")
+    p.add_argument("--held-out", type=float, default=d["held_out"],
+                   help="tail of the text kept for MLM loss (%(default)s)")
+    p.add_argument("--search-steps", type=int, help=f"search budget (default 400 x steps / {PAPER_STEPS})")
     _search_flags(p)
     _ticket_flags(p, PRETRAIN_FFN_RATIO)
-    p.add_argument("--step-fraction", type=float, default=0.8, help="EarlyBERT trains this share of steps (0.8)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--step-fraction", type=float, default=d["step_fraction"],
+                   help="EarlyBERT trains this share of steps (%(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="(%(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], help="(%(default)s)")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--cache-dir", help="tokenized-text cache (default: .earlybert-cache beside --output)")
     p.add_argument("--stop-after-steps", type=int, help="pause (checkpoint and exit 0) after this many steps; "
@@ -399,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods and seeds on the same data, one table (paper Table 2)")
     _add_finetune_args(p)
-    p.add_argument("--methods", default="full,earlybert,random,layerdrop")
+    p.add_argument("--methods", default=",".join(METHODS), help="(%(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
     p.set_defaults(func=cmd_compare)
     return parser
