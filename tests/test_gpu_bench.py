@@ -107,6 +107,12 @@ def test_payload_is_small_and_loads_as_the_float32_model(tmp_path):
     weights = load_file(str(payload / "minilm" / "model.safetensors"))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.bfloat16}
     assert sorted(p.name for p in (payload / "SST-2").iterdir()) == ["dev.tsv", "train.tsv"]
+    import tarfile
+
+    with tarfile.open(payload / "glue.tar.xz") as tar:  # bench/finetune_glue.py's six tasks, byte for byte
+        names = sorted(tar.getnames())
+        assert names == sorted(f"{folder}/{name}" for folder, files in gpu.GLUE_FILES.items() for name in files)
+        assert tar.extractfile("CoLA/train.tsv").read() == (DATA / "glue" / "CoLA" / "train.tsv").read_bytes()
     # the default payload brings 12 MB of text (~3.3 MB as xz): with it and the repository, still well under 64 MiB
     assert manifest["mib"] - manifest["files"]["text.txt.xz"] / 2**20 + 3.5 < 56
     model_dir = gpu.fp32_model(payload, tmp_path / "work")
