@@ -1,0 +1,72 @@
+"""bench/finetune_glue.py's own logic: training-set caps, the GLUE tarball a GPU machine brings, the work a
+(task, seed) group costs (what its time budget is scaled by), and the summary the issue's targets read."""
+
+import importlib.util
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def glue():
+    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its sibling machine.py, as when run directly
+    try:
+        spec = importlib.util.spec_from_file_location("finetune_glue_bench", ROOT / "bench" / "finetune_glue.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_training_set_caps(glue):
+    assert glue.parse_samples("all") == {}
+    assert glue.parse_samples("sst2=10000,cola=64") == {"sst2": 10000, "cola": 64}
+    for bad in ("sst2", "sst2=0", "mnli=5", "sst2=ten"):
+        with pytest.raises(SystemExit, match="--train-samples"):
+            glue.parse_samples(bad)
+
+
+def test_a_tarball_unpacks_once_and_a_folder_is_taken_as_it_is(glue, tmp_path):
+    source = tmp_path / "src" / "RTE"
+    source.mkdir(parents=True)
+    (source / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    with tarfile.open(tmp_path / "glue.tar.xz", "w:xz") as tar:
+        tar.add(source / "train.tsv", arcname="RTE/train.tsv")
+    root = glue.unpacked(tmp_path / "glue.tar.xz", tmp_path / "runs" / "data")
+    assert (root / "RTE" / "train.tsv").read_text() == (source / "train.tsv").read_text()
+    (root / "RTE" / "train.tsv").write_text("kept")
+    assert glue.unpacked(tmp_path / "glue.tar.xz", tmp_path / "runs" / "data") == root  # not unpacked again
+    assert (root / "RTE" / "train.tsv").read_text() == "kept"
+    assert glue.unpacked(tmp_path / "src", tmp_path / "unused") == tmp_path / "src"
+
+
+def test_group_work_counts_every_methods_epochs(glue, tmp_path):
+    (tmp_path / "train.tsv").write_text("header\n" + "row\n" * 100)
+    # 100 rows -> 4 batches of 32 -> 128 examples per epoch; full 3 + EarlyBERT 2.2 + random 2 epochs
+    assert glue.group_units(tmp_path, None, glue.CORE) == pytest.approx(128 * 7.2)
+    assert glue.group_units(tmp_path, 40, ["layerdrop"]) == pytest.approx(64 * 3)
+
+
+def test_summary_pairs_methods_of_the_same_task_and_seed(glue):
+    def run(task, method, seed, score, time, search=None):
+        stages = {"train": {"steps": 10}}
+        if method == "earlybert":
+            stages["search"] = search or {"steps": 5, "budget": 5, "stop_reason": "budget"}
+        return {"task": task, "method": method, "seed": seed, "score": score, "total_step_time_s": time,
+                "stages": stages, "fraction_saved_vs_estimated_full": None}
+
+    runs = [run("sst2", "full", 1, 90, 100), run("sst2", "earlybert", 1, 89, 50), run("sst2", "random", 1, 85, 45),
+            run("sst2", "full", 2, 91, 100), run("sst2", "earlybert", 2, 91, 60), run("sst2", "random", 2, 88, 45),
+            run("rte", "full", 1, 60, 10), run("rte", "earlybert", 1, 63, 5), run("rte", "random", 1, 55, 5),
+            run("rte", "full", 2, 60, 10)]  # rte seed 2 is incomplete: left out
+    s = glue.summary(runs)
+    assert s["tasks"] == ["sst2", "rte"] and s["seeds"] == [1, 2] and s["pairs"] == 3
+    assert s["earlybert_minus_full"] == pytest.approx(((-1 + 0) / 2 + 3) / 2)  # mean over tasks of task means
+    assert s["earlybert_minus_random"] == pytest.approx(((4 + 3) / 2 + 8) / 2)
+    assert s["time_saved"] == pytest.approx(((0.5 + 0.4) / 2 + 0.5) / 2)
+    assert s["earlybert_minus_full_all_pairs"]["n"] == 3
