@@ -19,8 +19,10 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
 
 from .archs import config_layer_shapes, layer_shapes
 from .data import padding_collator
@@ -220,12 +222,12 @@ def trained_vs_full(config: FinetuneConfig, task_info, trained, model_dir: Path,
     }
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run one method end to end into `config.output`; returns results.json's content."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+_TICKET_METHODS = ("earlybert", "random")  # the methods that train a slim model pruned to a ticket
 
-    from . import report
-    from .tasks import evaluate_model, prepare_task
+
+def _accelerator_factory(config: FinetuneConfig) -> Callable:
+    """A maker of accelerators with the run's precision, accumulation and DDP settings: one per stage."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     mixed = config.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.method == "layerdrop")
@@ -236,60 +238,162 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum,
                            kwargs_handlers=[ddp_kwargs], cpu=not torch.cuda.is_available())
 
-    accelerator = new_accelerator()
-    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    finished = folder.check_resume(config.to_dict()) if resume else None
-    if finished is not None:
-        return finished
-    task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
-    if config.method in ("earlybert", "random"):  # impossible ratios for this model's shape fail now, not mid-run
-        heads, ffn = config_layer_shapes(task_info.model_config)
-        draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
-        if config.ticket_like:
-            check_ticket_fits(task_info.model_config, Ticket.load(config.ticket_like))
+    return new_accelerator
+
+
+def _check_ticket_can_be_drawn(config: FinetuneConfig, task_info) -> None:
+    """Impossible ratios for this model's shape (or a --ticket-like ticket of another shape) fail now, not mid-run."""
+    heads, ffn = config_layer_shapes(task_info.model_config)
+    draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
+    if config.ticket_like:
+        check_ticket_fits(task_info.model_config, Ticket.load(config.ticket_like))
+
+
+def _start_run(folder: RunFolder, config: FinetuneConfig, accelerator) -> WallClock:
+    """Create the run folder, start its wall clock and record the configuration."""
     accelerator.wait_for_everyone()
     folder.create()
     accelerator.wait_for_everyone()
     clock = WallClock(folder).begin()
     folder.write_json("config.json", config.to_dict())
     logger.info("configuration: %s", json.dumps(config.to_dict()))
-    stages: dict[str, dict] = {}
-    losses: dict[str, list[float]] = {}
-    history = None
-    ticket = None
-    train_cfg = config.train_config(slim=config.method in ("earlybert", "random"))
+    return clock
+
+
+@dataclass
+class _Run:
+    """What every stage of one run shares."""
+
+    config: FinetuneConfig
+    task_info: object
+    folder: RunFolder
+    accelerator: object  # the run's own, for what spans stages (ticket broadcast, saving, barriers)
+    new_accelerator: Callable  # a fresh accelerator for each stage
+
+
+@dataclass
+class _Prepared:
+    """The model a method trains, and what preparing it produced."""
+
+    model: nn.Module
+    ticket: Ticket | None = None
+    history: dict | None = None  # EarlyBERT's recorded masks (mask_history.json)
+    stages: dict[str, dict] = field(default_factory=dict)  # stages before training: EarlyBERT's search
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _prepare_full(run: _Run, model: nn.Module) -> _Prepared:
+    return _Prepared(model)
+
+
+def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
+    """Search (gates + L1 from the pretrained weights, early-bird stop), draw the ticket, prune a fresh model to it."""
+    config, task_info = run.config, run.task_info
+    base = config.train_config(slim=False)
+    per_epoch = steps_per_epoch(len(task_info.train_features), base, run.accelerator.num_processes)
+    budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
+                          steps_per_epoch=per_epoch).budget
+    search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                              max_steps=budget, record_every=config.record_every or max(1, budget // 40))
+    search_train = TrainConfig(**{**asdict(base), "max_steps": budget,
+                                  "gate_lr": config.gates.learning_rate(config.lr)})
+    ticket, search_done = run_search(model, task_info.train_features, padding_collator(task_info.tokenizer),
+                                     search_train, search_cfg, config.ticket, config.gates, run.accelerator,
+                                     run.new_accelerator(), run.folder)
+    history = run.folder.read_json("mask_history.json")
+    logger.info("stage: draw -> %s", ticket.summary())
+    model = _seeded_model(config, task_info)  # restart from the pretrained weights, same head init
+    prune(model, ticket)
+    return _Prepared(model, ticket, history, {"search": search_done["stage"]}, {"search": search_done["losses"]})
+
+
+def _prepare_random(run: _Run, model: nn.Module) -> _Prepared:
+    ticket = _ticket_for_random(model, run.config)
+    run.folder.write_json("ticket.json", ticket.to_dict())
+    logger.info("stage: random ticket -> %s", ticket.summary())
+    prune(model, ticket)
+    return _Prepared(model, ticket)
+
+
+def _prepare_layerdrop(run: _Run, model: nn.Module) -> _Prepared:
+    add_layerdrop(model, run.config.layerdrop)
+    return _Prepared(model)
+
+
+_PREPARE = {"full": _prepare_full, "earlybert": _prepare_earlybert, "random": _prepare_random,
+            "layerdrop": _prepare_layerdrop}
+
+
+def _remove_layerdrop_layers(model: nn.Module) -> None:
+    remove_layerdrop(model)
+    kept_layers = drop_every_third_layer(model)
+    logger.info("stage: LayerDrop pruning kept layers %s", kept_layers)
+
+
+def _estimated_full_step_s(method: str, stages: dict[str, dict], calibration: dict | None, full_steps: int,
+                           total_step_s: float) -> float | None:
+    """The full baseline's step time: measured in a full run, else estimated from the paired calibration."""
+    if method == "full":
+        return total_step_s
+    if calibration is None:
+        return None
+    # Without a measured full run: the trained model's mean step over the paired slim / full step-time ratio.
+    return stages["train"]["mean_step_s"] / calibration["ratio"] * full_steps
+
+
+def _flops_saved(method: str, stages: dict[str, dict], full_steps: int, flops: dict[str, int]) -> float | None:
+    """The share of the full baseline's linear FLOPs that a ticket method's search and slim training did not spend."""
+    if method not in _TICKET_METHODS:
+        return None
+    search_steps = stages.get("search", {}).get("steps", 0)
+    full_flops, slim_flops = flops["full"], flops["trained_model"]
+    return 1 - (search_steps * full_flops + stages["train"]["steps"] * slim_flops) / (full_steps * full_flops)
+
+
+def _write_outputs(run: _Run, results: dict, prepared: _Prepared, clock: WallClock) -> None:
+    """The trained model and tokenizer, its comparison with the full model, the report and results.json."""
+    from . import report
+
+    config, task_info, folder, accelerator = run.config, run.task_info, run.folder, run.accelerator
+    if accelerator.is_main_process:
+        model_dir = folder.path / "model"
+        accelerator.unwrap_model(prepared.model).save_pretrained(model_dir)
+        task_info.tokenizer.save_pretrained(model_dir)
+        results["trained_vs_full"] = trained_vs_full(config, task_info, accelerator.unwrap_model(prepared.model),
+                                                     model_dir, accelerator)
+    results["wall_time_s"] = clock.stop()
+    if accelerator.is_main_process:
+        report.write_run_report(folder.path, config, results, prepared.ticket, prepared.history, results["losses"])
+        folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
+    remove_checkpoint(folder.path / "train_checkpoint", accelerator)  # only now: results are safely on disk
+    accelerator.wait_for_everyone()
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one method end to end into `config.output`; returns results.json's content."""
+    from .tasks import evaluate_model, prepare_task
+
+    new_accelerator = _accelerator_factory(config)
+    accelerator = new_accelerator()
+    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
+    finished = folder.check_resume(config.to_dict()) if resume else None
+    if finished is not None:
+        return finished
+    task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
+    if config.method in _TICKET_METHODS:
+        _check_ticket_can_be_drawn(config, task_info)
+    clock = _start_run(folder, config, accelerator)
+    run = _Run(config, task_info, folder, accelerator, new_accelerator)
+    train_cfg = config.train_config(slim=config.method in _TICKET_METHODS)
     full_steps = math.ceil(config.epochs * steps_per_epoch(len(task_info.train_features), config.train_config(False),
                                                            accelerator.num_processes))
 
     model = _seeded_model(config, task_info)
     full_flops = _linear_flops_per_step(model, task_info, config)
-
-    if config.method == "earlybert":
-        per_epoch = steps_per_epoch(len(task_info.train_features), train_cfg, accelerator.num_processes)
-        budget = SearchConfig(max_steps=config.search_max_steps, max_epoch_fraction=config.search_epoch_fraction,
-                              steps_per_epoch=per_epoch).budget
-        search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
-                                  max_steps=budget, record_every=config.record_every or max(1, budget // 40))
-        search_train = TrainConfig(**{**asdict(config.train_config(False)), "max_steps": budget,
-                                      "gate_lr": config.gates.learning_rate(config.lr)})
-        ticket, search_done = run_search(model, task_info.train_features, padding_collator(task_info.tokenizer),
-                                         search_train, search_cfg, config.ticket, config.gates, accelerator,
-                                         new_accelerator(), folder)
-        history = folder.read_json("mask_history.json")
-        stages["search"] = search_done["stage"]
-        losses["search"] = search_done["losses"]
-        logger.info("stage: draw -> %s", ticket.summary())
-        model = _seeded_model(config, task_info)  # restart from the pretrained weights, same head init
-        prune(model, ticket)
-    elif config.method == "random":
-        ticket = _ticket_for_random(model, config)
-        folder.write_json("ticket.json", ticket.to_dict())
-        logger.info("stage: random ticket -> %s", ticket.summary())
-        prune(model, ticket)
-    elif config.method == "layerdrop":
-        add_layerdrop(model, config.layerdrop)
-
-    slim_flops = _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops
+    prepared = _PREPARE[config.method](run, model)
+    model, ticket = prepared.model, prepared.ticket
+    flops = {"full": full_flops,
+             "trained_model": _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops}
     calibration = None
     if ticket is not None:  # what the full model's steps would have cost, for a run that has no full arm
         calibration = step_time_ratio(model, _seeded_model(config, task_info), task_info.train_features,
@@ -297,26 +401,14 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     logger.info("stage: train (%s)", config.method)
     result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer), train_cfg,
                          new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
-    stages["train"] = result.summary()
-    losses["train"] = result.losses
+    stages, losses = {**prepared.stages, "train": result.summary()}, {**prepared.losses, "train": result.losses}
     if config.method == "layerdrop":
-        remove_layerdrop(model)
-        kept_layers = drop_every_third_layer(model)
-        logger.info("stage: LayerDrop pruning kept layers %s", kept_layers)
+        _remove_layerdrop_layers(model)
 
     logger.info("stage: evaluate")
     metrics = evaluate_model(model, task_info, config, new_accelerator())
     total_step_s = sum(s["step_time_s"] for s in stages.values())
-    # Without a measured full run: the trained model's mean step over the paired slim / full step-time ratio.
-    full_estimate = None
-    if calibration is not None:
-        full_estimate = stages["train"]["mean_step_s"] / calibration["ratio"] * full_steps
-    if config.method == "full":
-        full_estimate = total_step_s
-    search_steps = stages.get("search", {}).get("steps", 0)
-    theoretical = None
-    if config.method in ("earlybert", "random"):
-        theoretical = 1 - (search_steps * full_flops + stages["train"]["steps"] * slim_flops) / (full_steps * full_flops)
+    full_estimate = _estimated_full_step_s(config.method, stages, calibration, full_steps, total_step_s)
     results = {
         "method": config.method,
         "task": task_info.name,
@@ -331,24 +423,13 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "estimated_full_step_time_s": full_estimate,
         "fraction_saved_vs_estimated_full": None if not full_estimate else 1 - total_step_s / full_estimate,
         "paired_step_time_ratio": calibration,
-        "theoretical_fraction_saved_flops": theoretical,
-        "linear_flops_per_step": {"full": full_flops, "trained_model": slim_flops},
+        "theoretical_fraction_saved_flops": _flops_saved(config.method, stages, full_steps, flops),
+        "linear_flops_per_step": flops,
         "losses": losses,  # per optimizer step of every stage
         "parameters": sum(p.numel() for p in model.parameters()),
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
+        "data": _data_name(config, task_info),
     }
-    results["data"] = _data_name(config, task_info)
-    if accelerator.is_main_process:
-        model_dir = folder.path / "model"
-        accelerator.unwrap_model(model).save_pretrained(model_dir)
-        task_info.tokenizer.save_pretrained(model_dir)
-        results["trained_vs_full"] = trained_vs_full(config, task_info, accelerator.unwrap_model(model), model_dir,
-                                                     accelerator)
-    results["wall_time_s"] = clock.stop()
-    if accelerator.is_main_process:
-        report.write_run_report(folder.path, config, results, ticket, history, losses)
-        folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
-    remove_checkpoint(folder.path / "train_checkpoint", accelerator)  # only now: results are safely on disk
-    accelerator.wait_for_everyone()
+    _write_outputs(run, results, prepared, clock)
     logger.info("done: %s %s = %.2f; step time %.1fs", config.method, task_info.headline, results["score"], total_step_s)
     return results
