@@ -246,3 +246,35 @@ def test_cli_compare_interleaves_slices_with_stop_after_steps(tiny_encoder, tiny
     assert set(summary) == {"full", "earlybert", "time_saved"}
     full = json.loads((out / "full" / "results.json").read_text())
     assert [full["stages"][s]["steps"] for s in ("phase1", "phase2")] == [5, 1]
+
+
+def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpus, tmp_path, monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    from earlybert.cli import main
+
+    config = tmp_path / "config.json"
+    config.write_text(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=37, max_position_embeddings=64).to_json_string())
+    argv = ["pretrain", "--config", str(config), "--tokenizer", "wordpiece:200", "--text", str(corpus), "--method",
+            "full", "--steps", "4", "--seq-len", "16,32", "--batch-size", "8,4", "--lr", "1e-3", "--held-out", "0.1",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--output", str(tmp_path / "a")]) == 0
+    [trained] = (tmp_path / "cache").glob("wordpiece200-*")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "a" / "model")  # the model's own folder carries it
+    assert saved.get_vocab() == AutoTokenizer.from_pretrained(trained).get_vocab()
+    assert len(saved) <= 200 and saved.mask_token == "[MASK]"
+    word = WORDS[0]
+    assert saved.tokenize(f"{word} {word.upper()}") == [word, word]  # corpus words are whole tokens, lowercased
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert all(v["mlm_loss"] > 0 for v in results["held_out"].values())
+
+    def no_training(*args):
+        raise AssertionError("the cached vocabulary should have been reused")
+
+    monkeypatch.setattr(mlm_data, "_train_wordpiece", no_training)
+    assert main([*argv, "--output", str(tmp_path / "b")]) == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "b" / "model").get_vocab() == saved.get_vocab()
+    capsys.readouterr()
+    assert main([*argv[:4], "wordpiece:lots", *argv[5:], "--output", str(tmp_path / "c")]) == 2
+    assert "wordpiece:N" in capsys.readouterr().err and not (tmp_path / "c").exists()

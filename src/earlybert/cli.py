@@ -356,7 +356,7 @@ def cmd_pretrain(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .finetune import METHODS, FinetuneConfig
-    from .pretrain import PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
+    from .pretrain import NAMED_CONFIGS, PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
 
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
@@ -384,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, or compare both")
-    p.add_argument("--config", required=True, help="bert-base, bert-large, bert-small, or a config.json / folder")
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name")
+    p.add_argument("--config", required=True, help=f"{', '.join(NAMED_CONFIGS)}, or a config.json / folder")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name, or wordpiece:N to train an "
+                   "N-token WordPiece vocabulary on --text (cached with the tokenized text)")
     p.add_argument("--text", required=True, nargs="+", help="text files or folders of *.txt (blank line = new doc)")
     p.add_argument("--output", required=True, help="run folder (compare: one subfolder per method)")
     d = _defaults(PretrainConfig)

@@ -53,13 +53,62 @@ def _check_text(path: Path) -> None:
             raise ValueError(f"text file {path} is not UTF-8 text (byte {e.start})") from None
 
 
-def _cache_key(files: list[Path], tokenizer) -> str:
+def _files_key(files: list[Path], extra: bytes = b"") -> str:
     h = hashlib.sha256()
     for f in files:
         stat = f.stat()
         h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(extra)
     return h.hexdigest()[:16]
+
+
+def _cache_key(files: list[Path], tokenizer) -> str:
+    return _files_key(files, json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+
+
+TRAIN_TOKENIZER_PREFIX = "wordpiece:"  # `--tokenizer wordpiece:16000` trains a vocabulary on the corpus itself
+WORDPIECE_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def load_or_train_tokenizer(spec: str, files: list[Path], cache_dir: Path):
+    """`spec` names a tokenizer (folder or hub name), or is `wordpiece:N`: a lowercasing BERT WordPiece vocabulary
+    of N tokens trained on `files`, kept in the cache beside the token files and reused while the files and N
+    are the same. A small model trained on a small corpus spends most of its step in the embedding and the
+    vocabulary projection; a vocabulary sized to the corpus (8-16k) makes both several times cheaper."""
+    from .tasks import load_tokenizer
+
+    if not spec.startswith(TRAIN_TOKENIZER_PREFIX):
+        return load_tokenizer(spec)
+    size = spec[len(TRAIN_TOKENIZER_PREFIX):]
+    if not size.isdigit() or int(size) < len(WORDPIECE_SPECIAL) + 100:
+        raise ValueError(f"--tokenizer {spec!r}: give wordpiece:N with N a vocabulary size of at least 105")
+    for f in files:
+        _check_text(f)
+    target = cache_dir / f"wordpiece{size}-{_files_key(files)}"
+    if not (target / "tokenizer.json").exists():
+        _train_wordpiece(files, int(size), target)
+    return load_tokenizer(str(target))
+
+
+def _train_wordpiece(files: list[Path], vocab_size: int, target: Path) -> None:
+    # The tokenizers library trains the vocabulary (in Rust, streaming the files); transformers' fast BERT
+    # tokenizer wraps it, so the folder loads with AutoTokenizer and saves with the pre-trained model.
+    import shutil
+    import tempfile
+
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train([str(f) for f in files], vocab_size=vocab_size, min_frequency=2,
+                    special_tokens=WORDPIECE_SPECIAL, show_progress=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:  # written beside the target and renamed into place: an interrupted run leaves no half tokenizer
+        BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=True).save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines: int = 2000) -> Path:

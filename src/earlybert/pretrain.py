@@ -38,6 +38,8 @@ NAMED_CONFIGS = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "bert-small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    # Google's BERT-Mini shape (L-4, H-256, A-4): small enough to pre-train past the unigram plateau on a CPU
+    "bert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
 }
 
 
@@ -46,7 +48,7 @@ PRETRAIN_FFN_RATIO = 0.3  # the paper prunes 30% of FFN neurons in pre-training 
 @dataclass
 class PretrainConfig:
     config: str  # a name in NAMED_CONFIGS or a config.json / model folder
-    tokenizer: str
+    tokenizer: str  # a folder or hub name, or "wordpiece:N": an N-token vocabulary trained on the text (cached)
     text: tuple[str, ...]
     output: str
     method: str = "earlybert"
@@ -176,9 +178,10 @@ def build_config(name_or_path: str, vocab_size: int):
 def prepare(config: PretrainConfig):
     """Tokenizer, model config and data, all checked before anything is written."""
     from . import mlm_data
-    from .tasks import load_tokenizer
 
-    tokenizer = load_tokenizer(config.tokenizer)
+    files = mlm_data.text_files(list(config.text))
+    cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"
+    tokenizer = mlm_data.load_or_train_tokenizer(config.tokenizer, files, cache)
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise ValueError("the tokenizer needs [CLS], [SEP] and [MASK] tokens for BERT-style MLM")
     model_config = build_config(config.config, len(tokenizer))
@@ -188,8 +191,6 @@ def prepare(config: PretrainConfig):
     limit = max_positions(model_config)
     if limit is not None and max(config.seq_len) > limit:
         raise ValueError(f"sequence length {max(config.seq_len)} exceeds the config's {limit} position embeddings")
-    files = mlm_data.text_files(list(config.text))
-    cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"
     tokens = mlm_data.tokenize_to_cache(files, tokenizer, cache)
     phases = [mlm_data.split(tokens, length, tokenizer, config.held_out) for length in config.seq_len]
     return tokenizer, model_config, phases
