@@ -389,6 +389,8 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
         with accelerator.autocast():
             loss = model(**batch).loss
         loss.backward()
+        if config.max_grad_norm:  # as the training step does: a norm over every parameter, the same in both arms
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _synchronize(accelerator.device)
