@@ -51,6 +51,7 @@ from earlybert.compare import compare  # noqa: E402
 from earlybert.finetune import FinetuneConfig  # noqa: E402
 from earlybert.report import comparison_table  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
+from earlybert.ticket import TicketConfig  # noqa: E402
 
 from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
 
@@ -61,6 +62,15 @@ DATA = HERE.parents[1] / "shared" / "data" / "glue"
 TASKS = ["sst2", "qnli", "mrpc", "rte", "cola", "stsb"]
 TRAIN_SAMPLES = "sst2=10000"  # the others train on their whole training set
 CORE = ["full", "earlybert", "random"]
+# Diagnostic variants (--variants), run after the core methods of a (task, seed) group, each in its own folder:
+# which part of EarlyBERT's protocol costs the accuracy it loses on a task.
+VARIANTS = {
+    "full-short": ("full", dict(epochs=2, lr=4e-5)),  # EarlyBERT's training length and rate on the full model
+    "earlybert-long": ("earlybert", dict(earlybert_epochs=3)),  # the slim model trained as long as full
+    "earlybert-heads": ("earlybert", dict(ticket=TicketConfig(ffn_ratio=0.0))),  # heads only (paper Table 1)
+    "earlybert-ffn": ("earlybert", dict(ticket=TicketConfig(head_ratio=0.0))),  # FFN neurons only
+}
+VARIANT_EPOCHS = {"full-short": 2, "earlybert-long": 3.2, "earlybert-heads": 2.2, "earlybert-ffn": 2.2}
 FOLDERS = {"sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B"}
 
 
@@ -98,6 +108,30 @@ def collect(runs_dir: Path) -> list[dict]:
     task_order = {t: i for i, t in enumerate(TASKS)}
     method_order = {m: i for i, m in enumerate(["full", "earlybert", "random", "layerdrop"])}
     return sorted(runs, key=lambda r: (task_order.get(r["task"], 99), method_order[r["method"]], r["seed"]))
+
+
+def collect_variants(runs_dir: Path) -> list[dict]:
+    runs = []
+    for path in sorted((runs_dir / "variants").glob("*/*/*/results.json")):
+        runs.append({**json.loads(path.read_text()), "variant": path.parent.parent.name})
+    return runs
+
+
+def variant_summary(runs: list[dict], variants: list[dict]) -> dict:
+    """Per task and variant: mean score, and the mean over seeds of score and time saved against full fine-tuning
+    of the same task and seed."""
+    full = {(r["task"], r["seed"]): r for r in runs if r["method"] == "full"}
+    out: dict = {}
+    for v in variants:
+        base = full.get((v["task"], v["seed"]))
+        entry = out.setdefault(v["task"], {}).setdefault(v["variant"], {"seeds": [], "score": [], "minus_full": [],
+                                                                        "time_saved": []})
+        entry["seeds"].append(v["seed"])
+        entry["score"].append(v["score"])
+        if base is not None:
+            entry["minus_full"].append(v["score"] - base["score"])
+            entry["time_saved"].append(1 - v["total_step_time_s"] / base["total_step_time_s"])
+    return out
 
 
 def interval(values: list[float]) -> dict:
@@ -178,8 +212,11 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     rows, table = comparison_table(runs)
     summ = summary(runs)
     machine = machine_info(mixed)
+    variant_runs = collect_variants(Path(args.runs))
+    variants = variant_summary(runs, variant_runs)
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
-              "summary": summ, "notes": list(notes), "rows": rows, "runs": runs, "elapsed_s": time.time() - started}
+              "summary": summ, "variants": variants, "notes": list(notes), "rows": rows, "runs": runs,
+              "variant_runs": variant_runs, "elapsed_s": time.time() - started}
     output = Path(args.output)
     atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=1))
     caps = parse_samples(args.train_samples)
@@ -222,6 +259,15 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
             lines += [f"A single EarlyBERT run's own estimate of the time saved (paired slim/full step-time ratio) "
                       f"minus the measured saving: mean {e['mean'] * 100:+.1f} points, largest {e['max_abs'] * 100:.1f}.",
                       ""]
+    if variants:
+        mean = lambda xs: f"{statistics.fmean(xs):+.2f}" if xs else "-"  # noqa: E731
+        lines += ["## Diagnostic variants (--variants)", "",
+                  "| task | variant | seeds | score | minus full (same seeds) | time saved vs full |", "|---|---|---|---|---|---|",
+                  *(f"| {t} | {name} | {len(v['seeds'])} | {statistics.fmean(v['score']):.2f} | {mean(v['minus_full'])} | "
+                    + (f"{statistics.fmean(v['time_saved']):.1%}" if v["time_saved"] else "-") + " |"
+                    for t, by in variants.items() for name, v in by.items()), "",
+                  "full-short: the full model trained with EarlyBERT's protocol (2 epochs at 2x lr); earlybert-long: "
+                  "the slim model trained 3 epochs; earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
         "backward + optimizer, data loading excluded, EarlyBERT including its search; the first 3 steps of every "
@@ -239,6 +285,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the MiniLM-L6 package's)")
     parser.add_argument("--train-samples", default=TRAIN_SAMPLES, help="TASK=N caps, or all")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    parser.add_argument("--variants", default="", help=f"diagnostic variants after the core methods: {', '.join(VARIANTS)}")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no (task, seed) group that the time left cannot hold (estimated from the "
                              "groups done in this sitting)")
@@ -258,6 +305,9 @@ def main() -> None:
     runs_dir = Path(args.runs)
     data_root = unpacked(Path(args.data), runs_dir / "data")
     qnli_root = qnli_split(runs_dir / "data", data_root)
+    variants = [v for v in args.variants.split(",") if v]
+    if any(v not in VARIANTS for v in variants):
+        raise SystemExit(f"finetune_glue.py: error: --variants takes {', '.join(VARIANTS)}; got {args.variants!r}")
     passes = [(int(s), CORE) for s in args.seeds.split(",")]
     passes += [(int(s), ["layerdrop"]) for s in args.layerdrop_seeds.split(",") if s]
     notes: list[str] = []
@@ -265,7 +315,8 @@ def main() -> None:
     for seed, methods in passes:
         for task in args.tasks.split(","):
             data = qnli_root if task == "qnli" else data_root
-            units = group_units(data / FOLDERS[task], caps.get(task), methods)
+            extra = variants if methods == CORE else []
+            units = group_units(data / FOLDERS[task], caps.get(task), methods, extra)
             if args.budget_s is not None and spent_units:
                 need, left = 1.15 * units * spent_s / spent_units, args.budget_s - (time.time() - started)
                 if need > left:
@@ -278,9 +329,15 @@ def main() -> None:
                                   checkpoint_every=args.checkpoint_every, mixed_precision=mixed)
             print(f"== {task} seed {seed}: {', '.join(methods)}", flush=True)
             t0 = time.time()
-            ran_before = all((runs_dir / task / f"{m}-seed{seed}" / "results.json").exists() for m in methods)
+            ran_before = all((runs_dir / task / f"{m}-seed{seed}" / "results.json").exists() for m in methods) and all(
+                (runs_dir / "variants" / task / v / f"{VARIANTS[v][0]}-seed{seed}" / "results.json").exists()
+                for v in extra)
             try:
                 done = compare(replace(base), methods, [seed], resume=True)
+                for name in extra:
+                    method, overrides = VARIANTS[name]
+                    compare(replace(base, output=str(runs_dir / "variants" / task / name), **overrides), [method],
+                            [seed], resume=True)
             except Exception as e:  # one group's failure must not cost the others their (rare, GPU) run
                 logger.exception("%s seed %d failed", task, seed)
                 notes.append(f"{task} seed {seed} failed: {type(e).__name__}: {e}")
@@ -305,14 +362,14 @@ def unpacked(data: Path, into: Path) -> Path:
     return target
 
 
-def group_units(folder: Path, cap: int | None, methods: list[str]) -> float:
+def group_units(folder: Path, cap: int | None, methods: list[str], variants: list[str] = ()) -> float:
     """A group's work in training example-epochs (full 3, EarlyBERT 0.2 + 2, random 2, LayerDrop 3), to scale the
     time the groups so far took to the next one."""
     with open(folder / "train.tsv", encoding="utf-8") as f:
         n = sum(1 for _ in f) - 1
     n = min(n, cap) if cap else n
     epochs = {"full": 3, "earlybert": 2.2, "random": 2, "layerdrop": 3}
-    return math.ceil(n / 32) * 32 * sum(epochs[m] for m in methods)
+    return math.ceil(n / 32) * 32 * (sum(epochs[m] for m in methods) + sum(VARIANT_EPOCHS[v] for v in variants))
 
 
 if __name__ == "__main__":

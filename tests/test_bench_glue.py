@@ -70,3 +70,19 @@ def test_summary_pairs_methods_of_the_same_task_and_seed(glue):
     assert s["earlybert_minus_random"] == pytest.approx(((4 + 3) / 2 + 8) / 2)
     assert s["time_saved"] == pytest.approx(((0.5 + 0.4) / 2 + 0.5) / 2)
     assert s["earlybert_minus_full_all_pairs"]["n"] == 3
+
+
+def test_variants_are_compared_with_full_of_the_same_task_and_seed(glue):
+    runs = [{"task": "cola", "method": "full", "seed": s, "score": 20.0 + s, "total_step_time_s": 100.0} for s in (1, 2)]
+    variants = [{"task": "cola", "variant": "full-short", "method": "full", "seed": 1, "score": 15.0,
+                 "total_step_time_s": 66.0},
+                {"task": "cola", "variant": "full-short", "method": "full", "seed": 2, "score": 18.0,
+                 "total_step_time_s": 68.0},
+                {"task": "stsb", "variant": "earlybert-long", "method": "earlybert", "seed": 1, "score": 70.0,
+                 "total_step_time_s": 50.0}]  # no full run of stsb: scored, not compared
+    out = glue.variant_summary(runs, variants)
+    short = out["cola"]["full-short"]
+    assert short["seeds"] == [1, 2] and short["minus_full"] == [-6.0, -5.0]
+    assert short["time_saved"] == pytest.approx([0.34, 0.32])
+    assert out["stsb"]["earlybert-long"]["minus_full"] == [] and out["stsb"]["earlybert-long"]["score"] == [70.0]
+    assert set(glue.VARIANTS) == set(glue.VARIANT_EPOCHS)
