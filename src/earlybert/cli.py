@@ -306,6 +306,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .report import sweep_table
+    from .sweep import FIGURE, GridError, parse_values, sweep
+
+    if args.head_ratio is not None or args.head_count is not None:
+        raise CliError("sweep takes the heads to prune from --heads (counts or fractions), "
+                       "not --head-ratio / --head-count")
+    flags = {"heads": "--heads", "ffn_ratios": "--ffn-ratio", "seeds": "--seeds"}
+    try:
+        grid = {axis: parse_values(getattr(args, axis), axis) for axis in flags}
+        results = sweep(finetune_config(args, "earlybert"), grid["heads"], grid["ffn_ratios"], grid["seeds"],
+                        args.resume, args.overwrite)
+    except GridError as e:
+        raise CliError(e.naming(flags[e.axis])) from None
+    root = Path(args.output)
+    say(f"report: {root / 'report.md'}; figure: {root / FIGURE}\n\n{sweep_table(results)}")
+    return 0
+
+
 def _pair(kind):
     def parse(text: str):
         values = [kind(v) for v in text.split(",")]
@@ -352,6 +371,26 @@ def cmd_pretrain(args) -> int:
         atomic_write_text(Path(args.output) / "comparison.json", json.dumps(summary, indent=1))
     say(json.dumps(summary, indent=1))
     return 0
+
+
+def _add_sweep_parser(sub) -> None:
+    from .finetune import FinetuneConfig
+    from .sweep import FFN_RATIOS, HEADS
+
+    # The grid's --ffn-ratio replaces finetune's single one (conflict_handler="resolve"); the search's early-bird
+    # rule watches the default ticket, so the FFN ratio the dropped flag filled gets its default here.
+    p = sub.add_parser("sweep", help="one search, a ticket and a slim training per (heads, FFN ratio), the full "
+                       "baseline once: score against time saved (paper Table 5)", conflict_handler="resolve")
+    _add_finetune_args(p)
+    for flag in ("--head-ratio", "--head-count"):  # --heads replaces them; cmd_sweep says so to whoever gives them
+        p.add_argument(flag, help=argparse.SUPPRESS)
+    p.add_argument("--heads", default=",".join(map(str, HEADS)), help="heads pruned per layer, comma-separated: "
+                   "counts (3) or fractions of each layer's heads (0.25) (%(default)s)")
+    p.add_argument("--ffn-ratio", dest="ffn_ratios", default=",".join(map(str, FFN_RATIOS)),
+                   help="fractions of FFN neurons pruned, comma-separated (%(default)s)")
+    p.add_argument("--seeds", default=str(_defaults(FinetuneConfig)["seed"]),
+                   help="comma-separated seeds (%(default)s)")
+    p.set_defaults(func=cmd_sweep, ffn_ratio=TicketConfig.ffn_ratio)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help="(%(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
     p.set_defaults(func=cmd_compare)
+    _add_sweep_parser(sub)
     return parser
 
 

@@ -8,6 +8,10 @@
   random     a ticket of the same shape drawn at random, trained like earlybert, no search;
   layerdrop  LayerDrop training for `epochs` epochs, then one third of the layers removed.
 Every stage is timed per optimizer step, data loading excluded; EarlyBERT's time includes its search.
+
+`search_only(config)` runs EarlyBERT's search stage alone and keeps the gates' final coefficients; an earlybert
+run with `search_from` set draws its ticket at its own ratios from them instead of searching (the trade-off
+sweep: one search, many tickets), and is charged that search's time.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +32,10 @@ from torch import nn
 from .archs import config_layer_shapes, layer_shapes
 from .data import padding_collator
 from .flops import count_flops
-from .gates import GateConfig
+from .gates import GATES_ATTR, GateConfig
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
 from .prune import check_ticket_fits, prune
-from .runs import RunFolder, WallClock, remove_checkpoint
+from .runs import RunFolder, WallClock, atomic_write_bytes, remove_checkpoint
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
 from .train import TrainConfig, step_time_ratio, steps_per_epoch, train_stage
@@ -79,10 +84,15 @@ class FinetuneConfig:
     layerdrop: float = 1 / 3
     checkpoint_every: int = 200
     mixed_precision: str | None = None  # "no", "bf16", "fp16"; default bf16 on GPUs, no on CPU
+    # earlybert: a folder where `search_only` ran (relative paths are taken from this run's folder, so a sweep
+    # moved as a whole still resumes); the ticket is drawn at `ticket`'s ratios from the coefficients saved there
+    search_from: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.search_from is not None and self.method != "earlybert":
+            raise ValueError(f"search_from draws an earlybert ticket; the {self.method} method has none")
         if isinstance(self.gates, dict):
             self.gates = GateConfig(**self.gates)
         if isinstance(self.ticket, dict):
@@ -114,7 +124,14 @@ class FinetuneConfig:
                      record_every=self.record_every or 1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["search_from"] is None:  # runs begun before the field existed resume: their config.json lacks it
+            del data["search_from"]
+        return data
+
+    def search_folder(self) -> Path:
+        # normalised as text: the run folder in "RUN/../search" may not exist yet, and the OS would not pass through it
+        return Path(os.path.normpath(Path(self.output) / self.search_from))
 
     def train_config(self, slim: bool) -> TrainConfig:
         return TrainConfig(
@@ -247,6 +264,8 @@ def _check_ticket_can_be_drawn(config: FinetuneConfig, task_info) -> None:
     draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
     if config.ticket_like:
         check_ticket_fits(task_info.model_config, Ticket.load(config.ticket_like))
+    if config.search_from:
+        check_ticket_fits(task_info.model_config, _shared_ticket(config))
 
 
 def _start_run(folder: RunFolder, config: FinetuneConfig, accelerator) -> WallClock:
@@ -269,6 +288,25 @@ class _Run:
     folder: RunFolder
     accelerator: object  # the run's own, for what spans stages (ticket broadcast, saving, barriers)
     new_accelerator: Callable  # a fresh accelerator for each stage
+    clock: WallClock
+
+
+def _open_run(config: FinetuneConfig, resume: bool, overwrite: bool) -> _Run | dict:
+    """The run, with its data read and checked before anything is written; or, for --resume of a run that has
+    finished, its results."""
+    from .tasks import prepare_task
+
+    new_accelerator = _accelerator_factory(config)
+    accelerator = new_accelerator()
+    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
+    finished = folder.check_resume(config.to_dict()) if resume else None
+    if finished is not None:
+        return finished
+    task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
+    if config.method in _TICKET_METHODS:
+        _check_ticket_can_be_drawn(config, task_info)
+    clock = _start_run(folder, config, accelerator)
+    return _Run(config, task_info, folder, accelerator, new_accelerator, clock)
 
 
 @dataclass
@@ -286,8 +324,8 @@ def _prepare_full(run: _Run, model: nn.Module) -> _Prepared:
     return _Prepared(model)
 
 
-def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
-    """Search (gates + L1 from the pretrained weights, early-bird stop), draw the ticket, prune a fresh model to it."""
+def _search(run: _Run, model: nn.Module) -> tuple[Ticket, dict]:
+    """The search stage: gates + L1 from the pretrained weights, stopped by the early bird or the budget."""
     config, task_info = run.config, run.task_info
     base = config.train_config(slim=False)
     per_epoch = steps_per_epoch(len(task_info.train_features), base, run.accelerator.num_processes)
@@ -297,13 +335,58 @@ def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
                               max_steps=budget, record_every=config.record_every or max(1, budget // 40))
     search_train = TrainConfig(**{**asdict(base), "max_steps": budget,
                                   "gate_lr": config.gates.learning_rate(config.lr)})
-    ticket, search_done = run_search(model, task_info.train_features, padding_collator(task_info.tokenizer),
-                                     search_train, search_cfg, config.ticket, config.gates, run.accelerator,
-                                     run.new_accelerator(), run.folder)
-    history = run.folder.read_json("mask_history.json")
+    return run_search(model, task_info.train_features, padding_collator(task_info.tokenizer), search_train,
+                      search_cfg, config.ticket, config.gates, run.accelerator, run.new_accelerator(), run.folder)
+
+
+COEFFICIENTS = "coefficients.safetensors"  # a search's final gate coefficients: a ticket at any ratio is a cut of them
+
+
+def save_coefficients(path: str | Path, head_scores, ffn_scores, step: int | None) -> None:
+    """Coefficients as float32 tensors head.<layer> and ffn.<layer>, written atomically. safetensors keeps them bit
+    for bit, so a ticket drawn from the file is the ticket drawn from the gates."""
+    from safetensors.torch import save
+
+    tensors = {f"{kind}.{layer}": torch.as_tensor(s, dtype=torch.float32).detach().cpu().contiguous()
+               for kind, scores in (("head", head_scores), ("ffn", ffn_scores)) for layer, s in enumerate(scores)}
+    atomic_write_bytes(Path(path), save(tensors, metadata={"step": "" if step is None else str(step)}))
+
+
+def load_coefficients(path: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor], int | None]:
+    """(head scores per layer, FFN scores per layer, the search step they were saved at)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        names, step = list(f.keys()), (f.metadata() or {}).get("step")
+        layers = {kind: sum(name.startswith(f"{kind}.") for name in names) for kind in ("head", "ffn")}
+        scores = {kind: [f.get_tensor(f"{kind}.{layer}") for layer in range(n)] for kind, n in layers.items()}
+    return scores["head"], scores["ffn"], int(step) if step else None
+
+
+def _shared_ticket(config: FinetuneConfig) -> Ticket:
+    """The ticket at this run's ratios, drawn from the coefficients `search_only` saved in `search_from`."""
+    path = config.search_folder() / COEFFICIENTS
+    if not path.is_file():
+        raise ValueError(f"search_from {config.search_from}: no finished search there ({path} is missing)")
+    heads, ffn, step = load_coefficients(path)
+    return draw_ticket(heads, ffn, config.ticket, step=step)
+
+
+def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
+    """Search (or, with `search_from`, a finished search's coefficients), draw the ticket, prune a fresh model."""
+    config, task_info = run.config, run.task_info
+    if config.search_from:
+        ticket = _shared_ticket(config)
+        search_done, history = (json.loads((config.search_folder() / name).read_text())
+                                for name in ("search.json", "mask_history.json"))
+        run.folder.write_json("ticket.json", ticket.to_dict())
+    else:
+        ticket, search_done = _search(run, model)
+        history = run.folder.read_json("mask_history.json")
     logger.info("stage: draw -> %s", ticket.summary())
     model = _seeded_model(config, task_info)  # restart from the pretrained weights, same head init
     prune(model, ticket)
+    # A shared search is charged in full: its steps and time count as this run's own.
     return _Prepared(model, ticket, history, {"search": search_done["stage"]}, {"search": search_done["losses"]})
 
 
@@ -350,7 +433,7 @@ def _flops_saved(method: str, stages: dict[str, dict], full_steps: int, flops: d
     return 1 - (search_steps * full_flops + stages["train"]["steps"] * slim_flops) / (full_steps * full_flops)
 
 
-def _write_outputs(run: _Run, results: dict, prepared: _Prepared, clock: WallClock) -> None:
+def _write_outputs(run: _Run, results: dict, prepared: _Prepared) -> None:
     """The trained model and tokenizer, its comparison with the full model, the report and results.json."""
     from . import report
 
@@ -361,7 +444,7 @@ def _write_outputs(run: _Run, results: dict, prepared: _Prepared, clock: WallClo
         task_info.tokenizer.save_pretrained(model_dir)
         results["trained_vs_full"] = trained_vs_full(config, task_info, accelerator.unwrap_model(prepared.model),
                                                      model_dir, accelerator)
-    results["wall_time_s"] = clock.stop()
+    results["wall_time_s"] = run.clock.stop()
     if accelerator.is_main_process:
         report.write_run_report(folder.path, config, results, prepared.ticket, prepared.history, results["losses"])
         folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
@@ -371,19 +454,12 @@ def _write_outputs(run: _Run, results: dict, prepared: _Prepared, clock: WallClo
 
 def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run one method end to end into `config.output`; returns results.json's content."""
-    from .tasks import evaluate_model, prepare_task
+    from .tasks import evaluate_model
 
-    new_accelerator = _accelerator_factory(config)
-    accelerator = new_accelerator()
-    folder = RunFolder(config.output, resume, overwrite, accelerator.is_main_process)
-    finished = folder.check_resume(config.to_dict()) if resume else None
-    if finished is not None:
-        return finished
-    task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
-    if config.method in _TICKET_METHODS:
-        _check_ticket_can_be_drawn(config, task_info)
-    clock = _start_run(folder, config, accelerator)
-    run = _Run(config, task_info, folder, accelerator, new_accelerator)
+    run = _open_run(config, resume, overwrite)
+    if isinstance(run, dict):
+        return run
+    task_info, folder, accelerator, new_accelerator = run.task_info, run.folder, run.accelerator, run.new_accelerator
     train_cfg = config.train_config(slim=config.method in _TICKET_METHODS)
     full_steps = math.ceil(config.epochs * steps_per_epoch(len(task_info.train_features), config.train_config(False),
                                                            accelerator.num_processes))
@@ -418,7 +494,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "headline_metric": task_info.headline,
         "stages": stages,
         "total_step_time_s": total_step_s,
-        "wall_time_s": clock.total_s(),
+        "wall_time_s": run.clock.total_s(),
         "full_run_steps": full_steps,
         "estimated_full_step_time_s": full_estimate,
         "fraction_saved_vs_estimated_full": None if not full_estimate else 1 - total_step_s / full_estimate,
@@ -430,6 +506,31 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
         "data": _data_name(config, task_info),
     }
-    _write_outputs(run, results, prepared, clock)
+    _write_outputs(run, results, prepared)
     logger.info("done: %s %s = %.2f; step time %.1fs", config.method, task_info.headline, results["score"], total_step_s)
+    return results
+
+
+def search_only(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """EarlyBERT's search stage alone, exactly as `finetune` runs it, into `config.output`: search.json,
+    mask_history.json, ticket.json (at `config.ticket`'s ratios, the ones the early-bird rule watched) and the gates'
+    final coefficients (COEFFICIENTS), from which runs with `search_from` draw their tickets. Returns results.json's
+    content (the search stage and where the coefficients are)."""
+    if config.method != "earlybert" or config.search_from:
+        raise ValueError("search_only runs the earlybert method's own search (method earlybert, no search_from)")
+    run = _open_run(config, resume, overwrite)
+    if isinstance(run, dict):
+        return run
+    model = _seeded_model(config, run.task_info)
+    ticket, done = _search(run, model)
+    # The gates of the search just run; a resumed search (read back from its files) has none, but its ticket was
+    # drawn from the gates at the step the search stopped, the last step, so its scores are the same coefficients.
+    gates = getattr(model, GATES_ATTR, None)
+    heads, ffn = gates.scores() if gates is not None else (ticket.head_scores, ticket.ffn_scores)
+    if run.accelerator.is_main_process:
+        save_coefficients(run.folder.path / COEFFICIENTS, heads, ffn, ticket.step)
+    results = {"method": "search", "task": run.task_info.name, "seed": config.seed, "stage": done["stage"],
+               "ticket": ticket.summary(), "coefficients": COEFFICIENTS, "wall_time_s": run.clock.stop()}
+    run.folder.write_json("results.json", results)  # last: its presence marks the search finished
+    run.accelerator.wait_for_everyone()
     return results

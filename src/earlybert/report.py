@@ -251,3 +251,65 @@ def plot_comparison(runs: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, path)
+
+
+def _heads_label(heads: int | float) -> str:
+    """A sweep's head setting: a count of heads pruned per layer, or a fraction of each layer's heads."""
+    return f"{heads} head{'' if heads == 1 else 's'}" if isinstance(heads, int) else f"{heads:.0%} of heads"
+
+
+def _with_spread(mean: float | None, std: float | None, spec: str) -> str:
+    return _fmt(mean, spec) + ("" if mean is None or std is None else f" ± {format(std, spec)}")
+
+
+def sweep_table(results: dict) -> str:
+    """The paper's Table 5 layout: heads pruned per layer across, FFN ratio down, time saved and score per cell
+    (mean ± std over seeds when there are several); `*` marks the Pareto frontier."""
+    heads, ffn_ratios = results["grid"]["heads"], results["grid"]["ffn_ratios"]
+    cells = {(p["heads"], p["ffn_ratio"]): p for p in results["points"] if p["seeds"]}
+    metric = results["headline_metric"]
+    lines = [f"| FFN pruned | | {' | '.join(f'{_heads_label(h)} pruned' for h in heads)} |",
+             "|---|---|" + "---|" * len(heads)]
+    for ratio in ffn_ratios:
+        row = [cells.get((h, ratio)) for h in heads]
+        lines.append(f"| {ratio:.0%} | time saved | " + " | ".join(
+            "-" if p is None else _with_spread(p["time_saved"], p["time_saved_std"], ".1%") for p in row) + " |")
+        lines.append(f"| | {metric} | " + " | ".join(
+            "-" if p is None else _with_spread(p["score"], p["score_std"], ".2f") + ("*" if p.get("pareto") else "")
+            for p in row) + " |")
+    full = results["full"]
+    seeds = f"{full['seeds']} seed{'s' if full['seeds'] > 1 else ''}"
+    lines += ["", f"Full fine-tuning ({seeds}): {metric} {_with_spread(full['score'], full['score_std'], '.2f')}, "
+                  f"step time {full['step_time_s']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(results: dict, path: Path) -> None:
+    """Score against measured time saved, one point per grid point (error bars: one standard deviation over seeds
+    on both axes), the full baseline as a horizontal line (its band: one standard deviation), and the Pareto
+    frontier drawn through the points on it."""
+    done = [p for p in results["points"] if p["seeds"]]
+    full = results["full"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    ax.axhline(full["score"], color="#555555", linestyle="--", linewidth=1,
+               label=f"full fine-tuning ({full['score']:.2f})")
+    if full["score_std"]:
+        ax.axhspan(full["score"] - full["score_std"], full["score"] + full["score_std"], color="#555555", alpha=0.12)
+    for on_front, colour, label in ((False, "#3b75af", "grid point"), (True, "#d62728", "on the Pareto frontier")):
+        chosen = [p for p in done if bool(p.get("pareto")) == on_front]
+        for i, p in enumerate(chosen):
+            ax.errorbar(100 * p["time_saved"], p["score"], xerr=100 * (p["time_saved_std"] or 0),
+                        yerr=p["score_std"] or 0, fmt="o", color=colour, capsize=3, label=None if i else label)
+    for p in done:
+        heads = f"{p['heads']}h" if isinstance(p["heads"], int) else f"{p['heads']:.0%}h"
+        ax.annotate(f"{heads} / {p['ffn_ratio']:.0%}", (100 * p["time_saved"], p["score"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    front = sorted((100 * p["time_saved"], p["score"]) for p in done if p.get("pareto"))
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="#d62728", linewidth=1, alpha=0.7)
+    ax.set_xlabel("time saved vs full fine-tuning (%, measured; the search charged to every point)")
+    ax.set_ylabel(results["headline_metric"])
+    ax.set_title(f"{results['data']}: score against time saved (heads pruned per layer / FFN pruned)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
