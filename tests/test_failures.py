@@ -186,7 +186,8 @@ def test_pretrain_unknown_config_lists_presets_without_the_hub(tmp_path, capsys)
     line = error_line(capsys, ["pretrain", "--config", "bert-tiny", "--tokenizer", "nobody/no-such-tokenizer",
                                "--text", str(text), "--output", str(tmp_path / "o")])
     assert time.perf_counter() - start < 10
-    assert line == ("earlybert: error: unknown config 'bert-tiny': choose a preset (bert-base, bert-large, bert-small) "
+    assert line == ("earlybert: error: unknown config 'bert-tiny': choose a preset (bert-base, bert-large, bert-small, "
+                    "bert-mini) "
                     "or give a config.json or model folder that exists")
     assert not (tmp_path / "o").exists()
 
