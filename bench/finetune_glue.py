@@ -67,10 +67,12 @@ CORE = ["full", "earlybert", "random"]
 VARIANTS = {
     "full-short": ("full", dict(epochs=2, lr=4e-5)),  # EarlyBERT's training length and rate on the full model
     "earlybert-long": ("earlybert", dict(earlybert_epochs=3)),  # the slim model trained as long as full
+    "earlybert-lr1x": ("earlybert", dict(lr_scale=1.0)),  # the slim model at full's learning rate, not 2x
     "earlybert-heads": ("earlybert", dict(ticket=TicketConfig(ffn_ratio=0.0))),  # heads only (paper Table 1)
     "earlybert-ffn": ("earlybert", dict(ticket=TicketConfig(head_ratio=0.0))),  # FFN neurons only
 }
-VARIANT_EPOCHS = {"full-short": 2, "earlybert-long": 3.2, "earlybert-heads": 2.2, "earlybert-ffn": 2.2}
+VARIANT_EPOCHS = {"full-short": 2, "earlybert-long": 3.2, "earlybert-lr1x": 2.2, "earlybert-heads": 2.2,
+                  "earlybert-ffn": 2.2}
 FOLDERS = {"sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B"}
 
 
@@ -267,7 +269,8 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
                     + (f"{statistics.fmean(v['time_saved']):.1%}" if v["time_saved"] else "-") + " |"
                     for t, by in variants.items() for name, v in by.items()), "",
                   "full-short: the full model trained with EarlyBERT's protocol (2 epochs at 2x lr); earlybert-long: "
-                  "the slim model trained 3 epochs; earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
+                  "the slim model trained 3 epochs; earlybert-lr1x: the slim model at full's learning rate; "
+                  "earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
         "backward + optimizer, data loading excluded, EarlyBERT including its search; the first 3 steps of every "
