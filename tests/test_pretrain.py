@@ -1,6 +1,14 @@
-"""Pre-training: packed MLM data, masked-only loss, LAMB against the paper's algorithm, theta_0 reset, resume."""
+"""Pre-training: packed MLM data, masked-only loss, LAMB against the paper's algorithm, theta_0 reset, the random
+ticket, resume, compare, and the benchmark script's smoke run."""
 
 import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -8,9 +16,11 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import earlybert as eb
 from earlybert import mlm_data, train as train_module
-from earlybert.pretrain import MaskedLM, PretrainConfig, make_lamb, pretrain
+from earlybert.pretrain import MaskedLM, PretrainConfig, make_lamb, pretrain, unigram_entropy
 
-from conftest import WORDS, write_tiny_encoder
+from conftest import REAL_DATA, WORDS, write_tiny_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -211,41 +221,196 @@ def test_bad_pretraining_settings(tiny_encoder, tiny_config_file, corpus, tmp_pa
                                 intermediate_size=8).to_json_string())
     with pytest.raises(ValueError, match="do not match"):
         pretrain(run_config(tiny_encoder, small, corpus, tmp_path / "x"))
+    with pytest.raises(ValueError, match="--ticket-like is for the random method only"):
+        run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", ticket_like=str(tmp_path / "t.json"))
+    with pytest.raises(ValueError, match="--optimizer"):
+        run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", optimizer="sgd")
+    eb.full_ticket([4, 4, 4], [37] * 3).save(tmp_path / "three_layers.json")
+    with pytest.raises(ValueError, match="ticket was drawn for a model"):
+        pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "x", method="random",
+                            ticket_like=str(tmp_path / "three_layers.json")))
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_compare_runs_both_methods(tiny_encoder, tiny_config_file, corpus, tmp_path, capsys):
+def compare_argv(tiny_encoder, tiny_config_file, corpus, tmp_path, *extra):
+    return ["pretrain", "--config", str(tiny_config_file), "--tokenizer", str(tiny_encoder), "--text", str(corpus),
+            "--output", str(tmp_path / "cmp"), "--method", "compare", "--steps", "6", "--seq-len", "16,32",
+            "--batch-size", "8,4", "--lr", "1e-3", "--held-out", "0.1", "--cache-dir", str(tmp_path / "cache"), *extra]
+
+
+COMPARISON_KEYS = {"full", "earlybert", "random", "time_saved", "time_saved_random"}
+
+
+def test_cli_compare_runs_all_three_methods(tiny_encoder, tiny_config_file, corpus, tmp_path, capsys):
     from earlybert.cli import main
 
     out = tmp_path / "cmp"
-    argv = ["pretrain", "--config", str(tiny_config_file), "--tokenizer", str(tiny_encoder), "--text", str(corpus),
-            "--output", str(out), "--method", "compare", "--steps", "6", "--seq-len", "16,32", "--batch-size", "8,4",
-            "--lr", "1e-3", "--search-steps", "2", "--held-out", "0.1", "--cache-dir", str(tmp_path / "cache")]
+    argv = compare_argv(tiny_encoder, tiny_config_file, corpus, tmp_path, "--search-steps", "2")
     assert main(argv) == 0
     summary = json.loads((out / "comparison.json").read_text())
-    assert set(summary) == {"full", "earlybert", "time_saved"}
-    assert (out / "earlybert" / "ticket.json").exists() and (out / "full" / "model" / "model.safetensors").exists()
+    assert set(summary) == COMPARISON_KEYS
+    assert summary["time_saved"] == 1 - summary["earlybert"]["total_step_time_s"] / summary["full"]["total_step_time_s"]
+    assert (out / "full" / "model" / "model.safetensors").exists()
+    # the random ticket: EarlyBERT's per-layer shape, drawn at random, and no search
+    ticket, like = eb.Ticket.load(out / "random" / "ticket.json"), eb.Ticket.load(out / "earlybert" / "ticket.json")
+    assert (ticket.kept_heads, ticket.kept_ffn) == (like.kept_heads, like.kept_ffn)
+    assert ticket.to_dict() == eb.random_ticket(like, 42).to_dict()
+    random_run = json.loads((out / "random" / "results.json").read_text())
+    assert set(random_run["stages"]) == {"phase1", "phase2"}
+    assert random_run["stages"]["phase1"]["steps"] == json.loads((out / "earlybert" / "results.json").read_text())[
+        "stages"]["phase1"]["steps"]
     capsys.readouterr()
-    assert main([*argv[:-2], "--cache-dir", str(tmp_path / "cache"), "--seq-len", "16"]) == 2  # output exists
+    assert main([*argv[:-4], "--seq-len", "16"]) == 2  # output exists
     assert "not empty" in capsys.readouterr().err
 
 
-def test_cli_compare_interleaves_slices_with_stop_after_steps(tiny_encoder, tiny_config_file, corpus, tmp_path, capsys):
+def test_cli_compare_interleaves_slices_and_the_random_run_waits_for_the_ticket(tiny_encoder, tiny_config_file, corpus,
+                                                                                 tmp_path, capsys):
     from earlybert.cli import main
 
     out = tmp_path / "cmp"
-    argv = ["pretrain", "--config", str(tiny_config_file), "--tokenizer", str(tiny_encoder), "--text", str(corpus),
-            "--output", str(out), "--method", "compare", "--steps", "6", "--seq-len", "16,32", "--batch-size", "8,4",
-            "--lr", "1e-3", "--search-steps", "2", "--held-out", "0.1", "--cache-dir", str(tmp_path / "cache"),
-            "--stop-after-steps", "4"]
+    # full: 5 + 1 steps; EarlyBERT: 4 search + 4 + 1; random: 4 + 1, once EarlyBERT's search has drawn the ticket
+    argv = compare_argv(tiny_encoder, tiny_config_file, corpus, tmp_path, "--search-steps", "4", "--patience", "10",
+                        "--stop-after-steps", "3")
     assert main(argv) == 0
-    assert "paused (full, earlybert) after 4 steps" in capsys.readouterr().out
-    assert not (out / "comparison.json").exists() and (out / "full" / "phase1_checkpoint").exists()
-    assert main([*argv, "--resume"]) == 0  # full: 2 steps left, EarlyBERT 3 (2 + 4 + 1 in all): both finish
+    assert "paused (full, earlybert, random) after 3 steps" in capsys.readouterr().out
+    assert (out / "full" / "phase1_checkpoint").exists() and (out / "earlybert" / "search_checkpoint").exists()
+    assert not (out / "random").exists() and not (out / "comparison.json").exists()
+    assert main([*argv, "--resume"]) == 0  # full ends; EarlyBERT ends its search; random starts
+    assert (out / "full" / "results.json").exists() and (out / "random" / "phase1_checkpoint").exists()
+    assert main([*argv, "--resume"]) == 0
     summary = json.loads((out / "comparison.json").read_text())
-    assert set(summary) == {"full", "earlybert", "time_saved"}
+    assert set(summary) == COMPARISON_KEYS
     full = json.loads((out / "full" / "results.json").read_text())
     assert [full["stages"][s]["steps"] for s in ("phase1", "phase2")] == [5, 1]
+    random_run = json.loads((out / "random" / "results.json").read_text())
+    assert [random_run["stages"][s]["steps"] for s in ("phase1", "phase2")] == [4, 1]
+    random_config = json.loads((out / "random" / "config.json").read_text())
+    assert random_config["ticket_like"] == str(out / "earlybert" / "ticket.json")
+
+
+def test_random_pretraining_prunes_theta0_to_the_tickets_shape_and_trains_the_step_fraction(
+        tiny_encoder, tiny_config_file, corpus, tmp_path, monkeypatch):
+    captured = {}
+    real_train_stage = train_module.train_stage
+
+    def spy(name, model, *args, **kwargs):
+        if name == "phase1":
+            captured["state"] = {k: v.clone() for k, v in model.model.state_dict().items()}
+        return real_train_stage(name, model, *args, **kwargs)
+
+    import earlybert.pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "train_stage", spy)
+    like = eb.Ticket(heads=[[0, 1], [0, 2, 3]], ffn=[list(range(10)), list(range(30))], num_heads=[4, 4],
+                     ffn_sizes=[37, 37])  # uneven layers: the shape is copied layer by layer
+    like.save(tmp_path / "like.json")
+    out = tmp_path / "random"
+    results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, out, method="random",
+                                  ticket_like=str(tmp_path / "like.json")))
+    ticket = eb.Ticket.load(out / "ticket.json")
+    assert ticket.to_dict() == eb.random_ticket(like, 42).to_dict() and ticket.ffn != like.ffn
+    assert (ticket.kept_heads, ticket.kept_ffn) == ([2, 3], [10, 30]) == tuple(results["layer_shapes"].values())
+    assert not (out / "search.json").exists() and not (out / "mask_history.json").exists()
+    from safetensors.torch import load_file
+
+    theta0 = load_file(str(out / "theta0.safetensors"))
+    for layer in (0, 1):
+        block = f"bert.encoder.layer.{layer}."
+        rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in ticket.heads[layer]])
+        assert torch.equal(captured["state"][block + "attention.self.value.weight"],
+                           theta0[block + "attention.self.value.weight"][rows])
+        assert torch.equal(captured["state"][block + "intermediate.dense.weight"],
+                           theta0[block + "intermediate.dense.weight"][ticket.ffn[layer]])
+    # 12 steps: 11 + 1 for full; the ticket trains 80% of each phase and spends no step on a search
+    assert {k: v["steps"] for k, v in results["stages"].items()} == {"phase1": round(0.8 * 11), "phase2": 1}
+    assert results["total_step_time_s"] == sum(v["step_time_s"] for v in results["stages"].values())
+    assert results["ticket"] == {"kept_heads": [2, 3], "kept_ffn": [10, 30]}
+    assert 0 < results["theoretical_fraction_saved_flops"] < 1
+    assert "Mask distance" not in (out / "report.md").read_text()  # nothing searched, nothing to plot
+
+    # without --ticket-like: the ticket ratios (1/3 of heads per layer, 30% of FFN neurons globally)
+    ratios = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "ratios", method="random",
+                                 steps=4))
+    assert ratios["ticket"]["kept_heads"] == [3, 3] and sum(ratios["ticket"]["kept_ffn"]) == 74 - round(0.3 * 74)
+
+
+def test_random_pretraining_in_slices_equals_one_run_and_records_the_held_out_curve(tiny_encoder, tiny_config_file,
+                                                                                    corpus, tmp_path):
+    eb.full_ticket([4, 4], [37, 37]).save(tmp_path / "like.json")
+    settings = dict(method="random", ticket_like=str(tmp_path / "like.json"))
+    whole = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "whole", **settings))
+    config = run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "sliced", **settings)
+    slices, result = 0, None
+    while result is None:  # 4 steps at a time, a held-out evaluation at every pause: 9 + 1 steps in all
+        result = pretrain(config, resume=slices > 0, stop_after=4, curve_sequences=3)
+        slices += 1
+    assert slices == 3
+    for stage in ("phase1", "phase2"):
+        assert json.loads((tmp_path / "sliced" / f"{stage}.json").read_text())["losses"] == \
+            json.loads((tmp_path / "whole" / f"{stage}.json").read_text())["losses"]
+    assert result["held_out"] == whole["held_out"] and whole["held_out_curve"] == []
+    curve = result["held_out_curve"]
+    assert [(p["stage"], p["steps"]) for p in curve] == [("start", 0), ("phase1", 4), ("phase1", 8), ("end", 10)]
+    times = [p["step_time_s"] for p in curve]
+    assert times[0] == 0 and times == sorted(times) and times[-1] == pytest.approx(result["total_step_time_s"])
+    assert all(p["sequences"] == 3 and p["mlm_loss"] > 0 for p in curve)
+    assert curve[0]["mlm_loss"] == pytest.approx(math.log(23), rel=0.1)  # theta_0: about uniform over the vocabulary
+
+
+def test_adamw_is_an_option_and_new_settings_leave_old_run_identities_alone(tiny_encoder, tiny_config_file, corpus,
+                                                                           tmp_path, monkeypatch):
+    import earlybert.pretrain as pretrain_module
+
+    made = []
+    real = pretrain_module.make_adamw
+
+    def spy(model, lr, weight_decay, gate_lr=None):
+        made.append(lr)
+        return real(model, lr, weight_decay, gate_lr)
+
+    monkeypatch.setattr(pretrain_module, "make_adamw", spy)
+    results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "adamw", method="full", steps=4,
+                                  lr=(2e-3, 1e-3), optimizer="adamw"))
+    assert made == [2e-3, 1e-3] and all(math.isfinite(x) for x in results["losses"]["phase1"])
+    assert json.loads((tmp_path / "adamw" / "config.json").read_text())["optimizer"] == "adamw"
+    # at their defaults the settings added later are left out, so runs made before them keep their identity
+    lamb = run_config(tiny_encoder, tiny_config_file, corpus, tmp_path / "lamb").to_dict()
+    assert "optimizer" not in lamb and "ticket_like" not in lamb
+    assert PretrainConfig(**lamb).optimizer == "lamb"
+
+
+def test_unigram_entropy_counts_the_held_out_tokens_special_tokens_aside(tmp_path):
+    tokens = np.array([9, 5, 6, 3, 7, 5, 6, 9, 9, 8], dtype=mlm_data.TOKEN_DTYPE)
+    tokens.tofile(tmp_path / "tokens.bin")
+    # from offset 1, two sequences of 4 tokens: 5 6 [SEP] 7 | 5 6 9 9; the trailing 8 is in no sequence
+    held = mlm_data.PackedSequences(tmp_path / "tokens.bin", seq_len=6, cls_id=2, sep_id=3, start=1)
+    counts = [2, 2, 1, 2]  # 5, 6, 7, 9 of 7 tokens; [SEP] is never masked, so never a target
+    assert unigram_entropy(held, [0, 1, 2, 3, 4]) == pytest.approx(-sum(c / 7 * math.log(c / 7) for c in counts))
+
+
+@pytest.mark.realdata
+def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, str(ROOT / "bench" / "pretrain.py"), "--smoke", "--runs", str(tmp_path), "--data",
+               str(REAL_DATA)]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "pretrain_cpu.json").read_text())
+    assert set(summary["downstream_mean"]) == {"full", "earlybert", "random"} and 0 < summary["time_saved"] < 1
+    assert summary["majority_class"]["sst2"] == pytest.approx(100 * 444 / 872)  # SST-2 dev: 444 of 872 positive
+    for method, result in summary["results"].items():
+        assert len(result["downstream_sst2_seeds"]) == 1 and result["downstream_sst2"] > 0
+        curve = result["held_out_curve"]
+        assert curve[0]["stage"] == "start" and curve[-1]["stage"] == "end" and len(curve) >= 3
+    assert summary["results"]["random"]["layer_shapes"] == summary["results"]["earlybert"]["layer_shapes"]
+    assert 0 < summary["unigram_plateau"]["entropy_nats"] < math.log(1000)
+    assert (tmp_path / "pretrain_loss_cpu.png").exists()
+    assert "unigram plateau" in (tmp_path / "pretrain_cpu.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "pretrain_cpu.json").read_text())
+    assert rerun["results"] == summary["results"]  # every run was finished: read back, nothing retrained
 
 
 def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpus, tmp_path, monkeypatch, capsys):

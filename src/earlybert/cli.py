@@ -337,38 +337,44 @@ def _pair(kind):
     return parse
 
 
-def cmd_pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain
+def _pretrain_config(args, method: str, output: str, ticket_like: str | None) -> "PretrainConfig":
+    from .pretrain import PretrainConfig
 
-    methods = ["full", "earlybert"] if args.method == "compare" else [args.method]
-    results = {}
-    for method in methods:
-        output = Path(args.output) / method if args.method == "compare" else Path(args.output)
-        config = PretrainConfig(
-            config=args.config, tokenizer=args.tokenizer, text=tuple(args.text), output=str(output), method=method,
-            steps=args.steps, phase1_fraction=args.phase1_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
-            grad_accum=args.grad_accum, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-            held_out=args.held_out, search_steps=args.search_steps,
-            gates=_gate_config(args), ticket=_ticket_config(args),
-            epsilon=args.epsilon, patience=args.patience, window=args.window, step_fraction=args.step_fraction,
-            seed=args.seed,
-            checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision, cache_dir=args.cache_dir,
-        )
-        done = output / "results.json"
-        if args.method == "compare" and done.exists() and args.resume:
-            results[method] = json.loads(done.read_text())
-            continue
-        results[method] = pretrain(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after_steps)
+    return PretrainConfig(
+        config=args.config, tokenizer=args.tokenizer, text=tuple(args.text), output=output, method=method,
+        steps=args.steps, phase1_fraction=args.phase1_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        held_out=args.held_out, search_steps=args.search_steps,
+        gates=_gate_config(args), ticket=_ticket_config(args),
+        epsilon=args.epsilon, patience=args.patience, window=args.window, step_fraction=args.step_fraction,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision, cache_dir=args.cache_dir,
+        ticket_like=ticket_like, optimizer=args.optimizer,
+    )
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import compare_pretraining, comparison_summary, pretrain
+
+    if args.method == "compare":  # --ticket-like goes to the random run (default: EarlyBERT's ticket)
+        results = compare_pretraining(_pretrain_config(args, "full", args.output, None), args.resume, args.overwrite,
+                                      args.stop_after_steps, ticket_like=args.ticket_like)
+    else:
+        config = _pretrain_config(args, args.method, args.output, args.ticket_like)
+        results = {args.method: pretrain(config, resume=args.resume, overwrite=args.overwrite,
+                                         stop_after=args.stop_after_steps)}
     paused = [m for m, r in results.items() if r is None]
-    if paused:  # with compare, each method ran a slice: calling again interleaves the two runs
+    if paused:  # with compare, each method ran a slice: calling again interleaves the runs
         say(f"paused ({', '.join(paused)}) after {args.stop_after_steps} steps; run again with --resume to continue")
         return 0
-    summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
-    if len(results) == 2:
-        summary["time_saved"] = 1 - results["earlybert"]["total_step_time_s"] / results["full"]["total_step_time_s"]
+    if args.method == "compare":
         from .runs import atomic_write_text
 
+        summary = comparison_summary(results)
         atomic_write_text(Path(args.output) / "comparison.json", json.dumps(summary, indent=1))
+    else:
+        summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]}
+                   for m, r in results.items()}
     say(json.dumps(summary, indent=1))
     return 0
 
@@ -395,7 +401,8 @@ def _add_sweep_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .finetune import METHODS, FinetuneConfig
-    from .pretrain import NAMED_CONFIGS, PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
+    from .pretrain import METHODS as PRETRAIN_METHODS
+    from .pretrain import NAMED_CONFIGS, OPTIMIZERS, PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
 
     parser = argparse.ArgumentParser(prog="earlybert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"earlybert {__version__}")
@@ -422,14 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, or compare both")
+    p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, random, or compare all")
     p.add_argument("--config", required=True, help=f"{', '.join(NAMED_CONFIGS)}, or a config.json / folder")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name, or wordpiece:N to train an "
                    "N-token WordPiece vocabulary on --text (cached with the tokenized text)")
     p.add_argument("--text", required=True, nargs="+", help="text files or folders of *.txt (blank line = new doc)")
     p.add_argument("--output", required=True, help="run folder (compare: one subfolder per method)")
     d = _defaults(PretrainConfig)
-    p.add_argument("--method", choices=["full", "earlybert", "compare"], default=d["method"])
+    p.add_argument("--method", choices=[*PRETRAIN_METHODS, "compare"], default=d["method"], help="random: a random "
+                   "ticket trained like EarlyBERT's; compare: full, earlybert, random of EarlyBERT's shape (%(default)s)")
+    p.add_argument("--ticket-like", help="random method: copy the per-layer shape of this ticket.json (default: "
+                   "the ticket ratios; compare: EarlyBERT's ticket)")
     p.add_argument("--steps", type=int, default=d["steps"], help="full run's optimizer steps, both phases (%(default)s)")
     p.add_argument("--phase1-fraction", type=float, default=d["phase1_fraction"],
                    help="share of steps at the first length (%(default)s)")
@@ -438,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per process and micro-batch (%(default)s)")
     p.add_argument("--grad-accum", type=_pair(int), default=d["grad_accum"],
                    help="per phase, for large effective batches (%(default)s)")
-    p.add_argument("--lr", type=_pair(float), default=d["lr"], help="LAMB peak learning rate per phase (%(default)s)")
+    p.add_argument("--lr", type=_pair(float), default=d["lr"], help="peak learning rate per phase (%(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"],
+                   help="LAMB, the paper's, or AdamW with the same groups, betas and epsilon (%(default)s)")
     p.add_argument("--warmup-ratio", type=_pair(float), default=d["warmup_ratio"], help="per phase (%(default)s)")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="(%(default)s)")
     p.add_argument("--held-out", type=float, default=d["held_out"],

@@ -6,7 +6,11 @@ phase with its own batch size and peak learning rate):
   full       all steps, the whole model;
   earlybert  gates + L1 search from theta_0 in phase 1 (early-bird rule, at most ~400 steps scaled to the run),
              draw 1/3 of heads per layer and 30% of FFN neurons globally, reset the weights to theta_0, prune,
-             and train `step_fraction` (80%) of the steps of both phases.
+             and train `step_fraction` (80%) of the steps of both phases;
+  random     no search: a ticket of EarlyBERT's per-layer shape (`ticket_like`, an EarlyBERT run's ticket.json;
+             else the ticket ratios) chosen at random, pruned from theta_0 and trained like EarlyBERT's (the
+             baseline the paper skips: does the search find anything a random ticket of the same size lacks?).
+`compare_pretraining` runs all three side by side, resumable in slices.
 The MLM loss projects onto the vocabulary only at masked positions, for both methods alike: on a small model
 most of the cost of a full-sequence projection is spent on positions that carry no loss.
 """
@@ -17,19 +21,20 @@ import copy
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .archs import layer_shapes, max_positions, mlm_head
+from .archs import config_layer_shapes, layer_shapes, max_positions, mlm_head
 from .gates import GateConfig
-from .prune import prune
-from .runs import RunFolder, WallClock, atomic_write_bytes, remove_checkpoint
+from .prune import check_ticket_fits, prune
+from .runs import RunFolder, WallClock, atomic_write_bytes, find_checkpoint, remove_checkpoint
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
-from .ticket import TicketConfig
-from .train import Paused, StepBudget, TrainConfig, decay_groups, train_stage
+from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
+from .train import Paused, StageResult, StepBudget, TrainConfig, decay_groups, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,11 @@ NAMED_CONFIGS = {
 
 
 PRETRAIN_FFN_RATIO = 0.3  # the paper prunes 30% of FFN neurons in pre-training (40% in fine-tuning)
+METHODS = ("full", "earlybert", "random")  # also compare's order: the random ticket copies EarlyBERT's shape
+OPTIMIZERS = ("lamb", "adamw")
+# Fields added after pre-training runs already existed: config.json leaves them out while they hold these
+# defaults, so those runs keep their identity and still resume (RunFolder.check_resume compares every key).
+_LATER_FIELDS = {"ticket_like": None, "optimizer": "lamb"}
 
 @dataclass
 class PretrainConfig:
@@ -72,10 +82,16 @@ class PretrainConfig:
     checkpoint_every: int = 200
     mixed_precision: str | None = None
     cache_dir: str | None = None  # tokenized corpus cache; default: <output>/../.earlybert-cache
+    ticket_like: str | None = None  # random method: copy the per-layer shape of this ticket.json
+    optimizer: str = "lamb"  # "adamw": AdamW with LAMB's groups, betas and epsilon (no layer-wise trust ratio)
 
     def __post_init__(self):
-        if self.method not in ("full", "earlybert"):
-            raise ValueError(f"unknown pre-training method {self.method!r}; choose full or earlybert")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pre-training method {self.method!r}; choose {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r} (--optimizer): choose {' or '.join(OPTIMIZERS)}")
+        if self.ticket_like is not None and self.method != "random":
+            raise ValueError(f"--ticket-like is for the random method only, not {self.method}")
         # Checked here, before any tokenizer or data is read: a name that is not a preset used to go to the hub,
         # which offline retries for minutes before failing. Pre-training needs only a config, so only a preset or
         # a local config.json / model folder is taken (download a hub model's config.json to use its shape).
@@ -119,7 +135,16 @@ class PretrainConfig:
                            weight_decay=self.weight_decay, checkpoint_every=self.checkpoint_every, seed=self.seed)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
+
+    def optimizer_fn(self, phase: int, gate_lr: float | None = None) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        """The optimizer maker of a phase's stages: LAMB (the paper's) or AdamW, at that phase's peak rate."""
+        make = make_adamw if self.optimizer == "adamw" else make_lamb
+        return lambda model: make(model, self.lr[phase], self.weight_decay, gate_lr)
 
 
 class MaskedLM(nn.Module):
@@ -156,6 +181,13 @@ def make_lamb(model: nn.Module, lr: float, weight_decay: float, gate_lr: float |
     return Lamb([decay, *({**g, "layer_adaptation": False} for g in no_adaptation)], lr=lr, betas=(0.9, 0.999), eps=1e-6)
 
 
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, gate_lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW with make_lamb's groups, betas and epsilon, so that the two differ only in LAMB's layer-wise trust
+    ratio. Fused: one kernel for all parameters; pre-training runs on CPUs or CUDA (accelerate's cpu flag)."""
+    return torch.optim.AdamW(decay_groups(model, weight_decay, gate_lr), lr=lr, betas=(0.9, 0.999), eps=1e-6,
+                             fused=True)
+
+
 def build_config(name_or_path: str, vocab_size: int):
     """A named size (bert-base, bert-large, bert-small) or a config.json / model folder."""
     from transformers import AutoConfig, BertConfig
@@ -180,6 +212,7 @@ def prepare(config: PretrainConfig):
     from . import mlm_data
 
     files = mlm_data.text_files(list(config.text))
+    like = Ticket.load(config.ticket_like) if config.ticket_like else None  # before the tokenizer cache is written
     cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"
     tokenizer = mlm_data.load_or_train_tokenizer(config.tokenizer, files, cache)
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
@@ -191,9 +224,35 @@ def prepare(config: PretrainConfig):
     limit = max_positions(model_config)
     if limit is not None and max(config.seq_len) > limit:
         raise ValueError(f"sequence length {max(config.seq_len)} exceeds the config's {limit} position embeddings")
+    _check_ticket_can_be_drawn(config, model_config, like)
     tokens = mlm_data.tokenize_to_cache(files, tokenizer, cache)
     phases = [mlm_data.split(tokens, length, tokenizer, config.held_out) for length in config.seq_len]
     return tokenizer, model_config, phases
+
+
+def _check_ticket_can_be_drawn(config: PretrainConfig, model_config, like: Ticket | None) -> None:
+    """Ratios this shape cannot take, or a --ticket-like ticket of another shape, fail now rather than after the
+    search or mid-run."""
+    if like is not None:
+        check_ticket_fits(model_config, like)
+    elif config.method != "full":
+        heads, ffn = config_layer_shapes(model_config)
+        draw_ticket([torch.ones(n) for n in heads], [torch.ones(n) for n in ffn], config.ticket)
+
+
+def unigram_entropy(held_out, special_ids) -> float:
+    """Entropy in nats of the unigram distribution of the tokens in `held_out` (packed sequences), from their
+    counts, special tokens aside (the MLM collator never masks them): the lowest held-out MLM loss a model
+    that predicts every masked token without its context can reach, the plateau every BERT pre-training first
+    sits on. (Copying the 10% of targets left visible can take such a model about a tenth lower; a loss
+    well below the plateau needs the context.)"""
+    import numpy as np
+
+    tokens = np.asarray(held_out.tokens[held_out.start:held_out.start + len(held_out) * held_out.body])
+    counts = np.bincount(tokens).astype(np.float64)
+    counts[[i for i in special_ids if i < len(counts)]] = 0
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 def _theta0(model_config, seed: int, folder: Path) -> dict:
@@ -237,29 +296,75 @@ def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, acceler
     return {"mlm_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def _train_stages(config, folder, accelerator, new_accelerator, phases, collator, model_config, theta0, budget):
-    """The search (EarlyBERT only) and both phases, each skipped when its results are already in the folder.
-    Returns each stage's summary and per-step losses, the ticket (EarlyBERT), the model and its MLM wrapper."""
+@dataclass
+class _Run:
+    """What every stage of one pre-training run shares."""
 
-    stages, losses, ticket = {}, {}, None
-    model = _model_from(model_config, theta0)
-    if config.method == "earlybert":
-        search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
-                                  max_steps=config.search_budget)
-        phase1 = config.phase_config(0, config.phase_steps[0])
-        phase1.max_steps = config.search_budget
-        ticket, done = run_search(
-            model, phases[0][0], collator, phase1, search_cfg, config.ticket, config.gates, accelerator,
-            new_accelerator(0), folder, wrap=MaskedLM, budget=budget,
-            optimizer_fn=lambda m: make_lamb(m, config.lr[0], config.weight_decay, config.gates.learning_rate(config.lr[0])),
-        )
-        stages["search"], losses["search"] = done["stage"], done["losses"]
-        logger.info("stage: draw -> %s; reset to theta_0", ticket.summary())
-        model = _model_from(model_config, theta0)  # back to the random init, then slim
-        prune(model, ticket)
+    config: PretrainConfig
+    folder: RunFolder
+    accelerator: object  # the run's own, for what spans stages
+    new_accelerator: Callable[[int], object]  # a fresh accelerator for a stage of phase 0 or 1
+    phases: list  # (training, held-out) packed sequences per phase
+    collator: object
+    model_config: object
+    theta0: dict
+    budget: StepBudget | None
+    live: nn.Module | None = None  # the model being trained right now: what a pause evaluates
 
-    fraction = config.step_fraction if config.method == "earlybert" else 1.0
+
+def _prepare_full(run: _Run) -> tuple[nn.Module, Ticket | None, dict, dict]:
+    return _model_from(run.model_config, run.theta0), None, {}, {}
+
+
+def _prepare_earlybert(run: _Run) -> tuple[nn.Module, Ticket | None, dict, dict]:
+    """Search from theta_0 (gates + L1, early-bird stop), draw, reset to theta_0 and prune."""
+    config = run.config
+    run.live = model = _model_from(run.model_config, run.theta0)
+    search_cfg = SearchConfig(epsilon=config.epsilon, patience=config.patience, window=config.window,
+                              max_steps=config.search_budget)
+    phase1 = config.phase_config(0, config.phase_steps[0])
+    phase1.max_steps = config.search_budget
+    ticket, done = run_search(
+        model, run.phases[0][0], run.collator, phase1, search_cfg, config.ticket, config.gates, run.accelerator,
+        run.new_accelerator(0), run.folder, wrap=MaskedLM, budget=run.budget,
+        optimizer_fn=config.optimizer_fn(0, config.gates.learning_rate(config.lr[0])),
+    )
+    logger.info("stage: draw -> %s; reset to theta_0", ticket.summary())
+    model = _model_from(run.model_config, run.theta0)  # back to the random init, then slim
+    prune(model, ticket)
+    return model, ticket, {"search": done["stage"]}, {"search": done["losses"]}
+
+
+def _prepare_random(run: _Run) -> tuple[nn.Module, Ticket | None, dict, dict]:
+    """A random ticket of EarlyBERT's per-layer shape (or of the ticket ratios), drawn once: a resumed run reads
+    its own ticket.json back rather than trusting that --ticket-like still holds the same ticket."""
+    config = run.config
+    saved = run.folder.read_json("ticket.json")
+    if saved is None:
+        if config.ticket_like:
+            ticket = random_ticket(Ticket.load(config.ticket_like), config.seed)
+        else:
+            ticket = random_scores_ticket(*config_layer_shapes(run.model_config), config.ticket, config.seed)
+        run.folder.write_json("ticket.json", ticket.to_dict())
+    else:
+        ticket = Ticket.from_dict(saved)
+    logger.info("stage: random ticket -> %s; pruned from theta_0", ticket.summary())
+    model = _model_from(run.model_config, run.theta0)
+    prune(model, ticket)
+    return model, ticket, {}, {}
+
+
+_PREPARE = {"full": _prepare_full, "earlybert": _prepare_earlybert, "random": _prepare_random}
+
+
+def _train_stages(run: _Run):
+    """The method's preparation (EarlyBERT: the search) and both phases, each skipped when its results are already
+    in the folder. Returns each stage's summary and per-step losses, the ticket, the model and its MLM wrapper."""
+    config, folder = run.config, run.folder
+    model, ticket, stages, losses = _PREPARE[config.method](run)
+    fraction = 1.0 if config.method == "full" else config.step_fraction  # a ticket trains the slim model for less
     wrapper = MaskedLM(model)
+    run.live = model
     for phase in (0, 1):
         name = f"phase{phase + 1}"
         done = folder.read_json(f"{name}.json")
@@ -267,34 +372,96 @@ def _train_stages(config, folder, accelerator, new_accelerator, phases, collator
             steps = max(1, round(config.phase_steps[phase] * fraction))
             logger.info("stage: %s (%d steps at length %d)", name, steps, config.seq_len[phase])
             result = train_stage(
-                name, wrapper, phases[phase][0], collator, config.phase_config(phase, steps), new_accelerator(phase),
-                checkpoint_dir=folder.path / f"{name}_checkpoint",
-                optimizer_fn=lambda m, p=phase: make_lamb(m, config.lr[p], config.weight_decay), budget=budget,
+                name, wrapper, run.phases[phase][0], run.collator, config.phase_config(phase, steps),
+                run.new_accelerator(phase), checkpoint_dir=folder.path / f"{name}_checkpoint",
+                optimizer_fn=config.optimizer_fn(phase), budget=run.budget,
             )
             done = {"stage": result.summary(), "losses": result.losses, "step_times": result.step_times}
-            if accelerator.is_main_process:  # the weights after this phase, for a resume in the next one
+            if run.accelerator.is_main_process:  # the weights after this phase, for a resume in the next one
                 model.save_pretrained(folder.path / f"{name}_model")
             folder.write_json(f"{name}.json", done)
-            accelerator.wait_for_everyone()
-            remove_checkpoint(folder.path / f"{name}_checkpoint", accelerator)
+            run.accelerator.wait_for_everyone()
+            remove_checkpoint(folder.path / f"{name}_checkpoint", run.accelerator)
         else:
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(str(folder.path / f"{name}_model" / "model.safetensors")), strict=False)
         stages[name], losses[name] = done["stage"], done["losses"]
-
     return stages, losses, ticket, model, wrapper
 
 
+CURVE = "held_out_curve.json"
+
+
+def _record_curve_point(run: _Run, stage: str, sequences: int) -> None:
+    """Append to held_out_curve.json the held-out MLM loss of the model as it is now (on the first `sequences`
+    held-out sequences of phase 1's length, the same masks every time) and the steps and step time spent so far,
+    the in-progress stage's read from its checkpoint: one point of the loss-against-step-time curve."""
+    from torch.utils.data import Subset
+
+    curve = run.folder.read_json(CURVE) or []
+    if stage == "end" and curve and curve[-1]["stage"] == "end":
+        return  # a rerun after a kill between the end point and results.json
+    steps, seconds = 0, 0.0
+    for name in ("search", "phase1", "phase2"):
+        done = run.folder.read_json(f"{name}.json")
+        checkpoint = find_checkpoint(run.folder.path / f"{name}_checkpoint") if name == stage else None
+        if done is not None:
+            steps, seconds = steps + done["stage"]["steps"], seconds + done["stage"]["step_time_s"]
+        elif checkpoint is not None:
+            result = StageResult(**json.loads((checkpoint / "progress.json").read_text())["result"])
+            steps, seconds = steps + result.steps, seconds + result.step_time_s
+    held = run.phases[0][1]
+    subset = Subset(held, range(min(sequences, len(held))))
+    loss = held_out_loss(MaskedLM(run.live), subset, run.collator, run.config.batch_size[0], run.new_accelerator(0))
+    point = {"stage": stage, "steps": steps, "step_time_s": seconds, "sequences": len(subset), **loss}
+    run.folder.write_json(CURVE, [*curve, point])
+
+
+def _results(run: _Run, stages: dict, losses: dict, ticket: Ticket | None, model: nn.Module, wrapper: MaskedLM,
+             clock: WallClock) -> dict:
+    """results.json's content: held-out loss at both lengths, stages, step time, FLOP saving, the ticket."""
+    config, phases, collator = run.config, run.phases, run.collator
+    from .flops import count_flops
+
+    # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
+    batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])
+    flops = {"trained_model": count_flops(wrapper, batch)["linear"],
+             "full": count_flops(MaskedLM(_model_from(run.model_config, run.theta0)), batch)["linear"]}
+    full_cost = sum(config.phase_steps) * flops["full"]
+    own_cost = stages.get("search", {}).get("steps", 0) * flops["full"] + sum(
+        stages[f"phase{p + 1}"]["steps"] for p in (0, 1)) * flops["trained_model"]
+    evaluation = {f"length_{length}": held_out_loss(wrapper, held, collator, config.batch_size[phase],
+                                                    run.new_accelerator(phase))
+                  for phase, (length, (_, held)) in enumerate(zip(config.seq_len, phases))}
+    return {
+        "method": config.method,
+        "seed": config.seed,
+        "held_out": evaluation,
+        "stages": stages,
+        "total_step_time_s": sum(s["step_time_s"] for s in stages.values()),
+        "wall_time_s": clock.stop(),  # after the evaluation: it is part of the run
+        "full_run_steps": list(config.phase_steps),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "linear_flops_per_phase1_step": flops,
+        "theoretical_fraction_saved_flops": 1 - own_cost / full_cost,
+        "layer_shapes": dict(zip(("heads", "ffn"), layer_shapes(model))),
+        "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
+        "held_out_curve": run.folder.read_json(CURVE) or [],
+        "losses": losses,  # per optimizer step of every stage
+    }
+
+
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False,
-             stop_after: int | None = None) -> dict | None:
+             stop_after: int | None = None, curve_sequences: int = 0) -> dict | None:
     """Pre-train with `config.method` into `config.output`; returns results.json's content.
 
     stop_after: run at most this many optimizer steps (search and phases together) in this call, then checkpoint
-    and return None; calling again with resume=True continues exactly where it stopped."""
+    and return None; calling again with resume=True continues exactly where it stopped.
+    curve_sequences > 0: at every such pause and at the end, the held-out MLM loss on that many held-out
+    sequences joins held_out_curve.json with the step time so far (evaluation only: training is unchanged)."""
     from accelerate import Accelerator
 
-    from .flops import count_flops
     from .mlm_data import SeededMLMCollator
     from .report import write_pretrain_report  # matplotlib: imported only when a run gets that far
 
@@ -318,45 +485,63 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     folder.write_json("config.json", config.to_dict())
     with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank
         theta0 = _theta0(model_config, config.seed, folder.path)
-    collator = SeededMLMCollator(tokenizer, config.seed)
+    run = _Run(config, folder, accelerator, new_accelerator, phases, SeededMLMCollator(tokenizer, config.seed),
+               model_config, theta0, budget)
+    if curve_sequences and folder.read_json(CURVE) is None:  # the curve's origin: theta_0, where every method starts
+        run.live = _model_from(model_config, theta0)
+        _record_curve_point(run, "start", curve_sequences)
     try:
-        stages, losses, ticket, model, wrapper = _train_stages(config, folder, accelerator, new_accelerator, phases,
-                                                       collator, model_config, theta0, budget)
+        stages, losses, ticket, model, wrapper = _train_stages(run)
     except Paused as paused:
         logger.info("paused in %s after %d steps; resume to continue", paused, stop_after)
+        if curve_sequences:
+            _record_curve_point(run, str(paused), curve_sequences)
         clock.stop()
         accelerator.wait_for_everyone()
         return None
-
-    # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
-    batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])
-    flops = {"trained_model": count_flops(wrapper, batch)["linear"],
-             "full": count_flops(MaskedLM(_model_from(model_config, theta0)), batch)["linear"]}
-    full_cost = sum(config.phase_steps) * flops["full"]
-    own_cost = stages.get("search", {}).get("steps", 0) * flops["full"] + sum(
-        stages[f"phase{p + 1}"]["steps"] for p in (0, 1)) * flops["trained_model"]
-    evaluation = {f"length_{length}": held_out_loss(wrapper, held, collator, config.batch_size[phase], new_accelerator(phase))
-                  for phase, (length, (_, held)) in enumerate(zip(config.seq_len, phases))}
-    total_step_s = sum(s["step_time_s"] for s in stages.values())
-    results = {
-        "method": config.method,
-        "seed": config.seed,
-        "held_out": evaluation,
-        "stages": stages,
-        "total_step_time_s": total_step_s,
-        "wall_time_s": clock.stop(),
-        "full_run_steps": list(config.phase_steps),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "linear_flops_per_phase1_step": flops,
-        "theoretical_fraction_saved_flops": 1 - own_cost / full_cost,
-        "layer_shapes": dict(zip(("heads", "ffn"), layer_shapes(model))),
-        "ticket": None if ticket is None else {"kept_heads": ticket.kept_heads, "kept_ffn": ticket.kept_ffn},
-        "losses": losses,  # per optimizer step of every stage
-    }
+    if curve_sequences:
+        _record_curve_point(run, "end", curve_sequences)
+    results = _results(run, stages, losses, ticket, model, wrapper, clock)
     if accelerator.is_main_process:
         model.save_pretrained(folder.path / "model")
         tokenizer.save_pretrained(folder.path / "model")
-        write_pretrain_report(folder, results, ticket)
+        # the random ticket has no search, hence no mask history to plot
+        write_pretrain_report(folder, results, ticket if config.method == "earlybert" else None)
         folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
     accelerator.wait_for_everyone()
     return results
+
+
+def compare_pretraining(base: PretrainConfig, resume: bool = False, overwrite: bool = False,
+                        stop_after: int | None = None, ticket_like: str | None = None,
+                        curve_sequences: int = 0) -> dict[str, dict | None]:
+    """Full, EarlyBERT and a random ticket pre-trained from the same theta_0 on the same batches, each into
+    <base.output>/<method>; returns each method's results, None for one that paused (see `pretrain`).
+
+    The random ticket copies the per-layer shape of `ticket_like`, by default EarlyBERT's own ticket: until
+    EarlyBERT's search has drawn it, the random run waits (None). With stop_after, repeated calls with
+    resume=True interleave the runs slice by slice, so a drift in a shared machine's speed falls on all alike."""
+    root = Path(base.output)
+    results: dict[str, dict | None] = {}
+    for method in METHODS:
+        output = root / method
+        like = (ticket_like or str(root / "earlybert" / "ticket.json")) if method == "random" else None
+        if resume and (output / "results.json").exists():
+            results[method] = json.loads((output / "results.json").read_text())
+        elif like is not None and ticket_like is None and not Path(like).exists():
+            logger.info("random: waits for EarlyBERT's ticket (its search has not ended)")
+            results[method] = None
+        else:
+            config = replace(base, method=method, output=str(output), ticket_like=like)
+            results[method] = pretrain(config, resume, overwrite, stop_after, curve_sequences)
+    return results
+
+
+def comparison_summary(results: dict[str, dict]) -> dict:
+    """comparison.json: each method's step time and held-out loss, and the share of the full run's step time
+    that EarlyBERT (search included) and the random ticket saved."""
+    summary = {m: {"total_step_time_s": r["total_step_time_s"], "held_out": r["held_out"]} for m, r in results.items()}
+    full = results["full"]["total_step_time_s"]
+    summary["time_saved"] = 1 - results["earlybert"]["total_step_time_s"] / full
+    summary["time_saved_random"] = 1 - results["random"]["total_step_time_s"] / full
+    return summary
