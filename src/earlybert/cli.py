@@ -160,7 +160,7 @@ def _defaults(config_class) -> dict:
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    from .finetune import FinetuneConfig
+    from .finetune import SEARCH_OBJECTIVES, FinetuneConfig
 
     d = _defaults(FinetuneConfig)
     p.add_argument("--model", required=True, help="pretrained encoder: local directory or hub name")
@@ -187,6 +187,9 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-epoch-fraction", type=float, default=d["search_epoch_fraction"],
                    help="search budget in epochs (%(default)s)")
     p.add_argument("--search-max-steps", type=int, help="search budget in steps (the smaller budget wins)")
+    p.add_argument("--search-objective", choices=SEARCH_OBJECTIVES, default=d["search_objective"],
+                   help="loss the search minimises: the task's, or masked LM on the task's text through the "
+                        "checkpoint's own MLM head (paper App. B) (%(default)s)")
     _search_flags(p)
     p.add_argument("--record-every", type=int, help="record a mask every N search steps (default: budget / 40)")
     _ticket_flags(p, TicketConfig.ffn_ratio)
@@ -283,6 +286,7 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
         epsilon=args.epsilon, patience=args.patience, window=args.window, record_every=args.record_every,
         ticket_like=args.ticket_like, layerdrop=args.layerdrop,
         checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
+        search_objective=args.search_objective,
     )
 
 

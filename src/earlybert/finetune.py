@@ -43,6 +43,9 @@ from .train import TrainConfig, step_time_ratio, steps_per_epoch, train_stage
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "earlybert", "random", "layerdrop")
+# The loss the search stage minimises (with the gates' L1): the task's, or the masked-LM loss on the task's own
+# training text through the checkpoint's MLM head (paper App. B); the slim model then trains on the task either way.
+SEARCH_OBJECTIVES = ("task", "mlm")
 
 
 @dataclass
@@ -87,10 +90,15 @@ class FinetuneConfig:
     # earlybert: a folder where `search_only` ran (relative paths are taken from this run's folder, so a sweep
     # moved as a whole still resumes); the ticket is drawn at `ticket`'s ratios from the coefficients saved there
     search_from: str | None = None
+    # Used wherever this config runs a search (earlybert, search_only); the other methods have none to steer.
+    search_objective: str = "task"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.search_objective not in SEARCH_OBJECTIVES:
+            raise ValueError(f"unknown search objective {self.search_objective!r} (--search-objective): choose "
+                             f"{' or '.join(SEARCH_OBJECTIVES)}")
         if self.search_from is not None and self.method != "earlybert":
             raise ValueError(f"search_from draws an earlybert ticket; the {self.method} method has none")
         if isinstance(self.gates, dict):
@@ -127,7 +135,14 @@ class FinetuneConfig:
         data = asdict(self)
         if data["search_from"] is None:  # runs begun before the field existed resume: their config.json lacks it
             del data["search_from"]
+        if data["search_objective"] == FinetuneConfig.search_objective:  # likewise for runs begun before the MLM objective existed
+            del data["search_objective"]
         return data
+
+    @property
+    def searches_with_mlm(self) -> bool:
+        """This run's own search (not one read from search_from) minimises the masked-LM loss."""
+        return self.search_objective == "mlm" and self.method == "earlybert" and not self.search_from
 
     def search_folder(self) -> Path:
         # normalised as text: the run folder in "RUN/../search" may not exist yet, and the OS would not pass through it
@@ -266,6 +281,10 @@ def _check_ticket_can_be_drawn(config: FinetuneConfig, task_info) -> None:
         check_ticket_fits(task_info.model_config, Ticket.load(config.ticket_like))
     if config.search_from:
         check_ticket_fits(task_info.model_config, _shared_ticket(config))
+    if config.searches_with_mlm:  # a checkpoint without MLM head fails here, before the run folder is written
+        from .tasks import load_masked_lm
+
+        load_masked_lm(config.model)
 
 
 def _start_run(folder: RunFolder, config: FinetuneConfig, accelerator) -> WallClock:
@@ -335,8 +354,29 @@ def _search(run: _Run, model: nn.Module) -> tuple[Ticket, dict]:
                               max_steps=budget, record_every=config.record_every or max(1, budget // 40))
     search_train = TrainConfig(**{**asdict(base), "max_steps": budget,
                                   "gate_lr": config.gates.learning_rate(config.lr)})
-    return run_search(model, task_info.train_features, padding_collator(task_info.tokenizer), search_train,
-                      search_cfg, config.ticket, config.gates, run.accelerator, run.new_accelerator(), run.folder)
+    dataset, collate, wrap = task_info.train_features, padding_collator(task_info.tokenizer), None
+    if config.searches_with_mlm:
+        model, dataset, collate, wrap = _mlm_search_inputs(config, task_info)
+    return run_search(model, dataset, collate, search_train, search_cfg, config.ticket, config.gates, run.accelerator,
+                      run.new_accelerator(), run.folder, wrap=wrap)
+
+
+def _mlm_search_inputs(config: FinetuneConfig, task_info) -> tuple:
+    """What an MLM-objective search trains (paper App. B): the checkpoint's own masked-LM model, whose encoder is the
+    task model's, so its gates map one to one onto the task model's heads and neurons; the task's training text,
+    masked as in pre-training (masks fixed by the seed and the batch, so a resumed search sees the same ones); and
+    pre-training's loss module. (model, dataset, collator, wrap) for run_search."""
+    from accelerate.utils import set_seed
+
+    from .mlm_data import SeededMLMCollator
+    from .pretrain import MaskedLM
+    from .tasks import load_masked_lm
+
+    set_seed(config.seed)
+    model = load_masked_lm(config.model)
+    # Only the token ids: labels are the masked tokens now, and the collator pads and builds the attention mask.
+    texts = [{"input_ids": torch.as_tensor(f["input_ids"]), "index": i} for i, f in enumerate(task_info.train_features)]
+    return model, texts, SeededMLMCollator(task_info.tokenizer, config.seed), MaskedLM
 
 
 COEFFICIENTS = "coefficients.safetensors"  # a search's final gate coefficients: a ticket at any ratio is a cut of them
@@ -447,6 +487,12 @@ def _write_outputs(run: _Run, results: dict, prepared: _Prepared) -> None:
     results["wall_time_s"] = run.clock.stop()
     if accelerator.is_main_process:
         report.write_run_report(folder.path, config, results, prepared.ticket, prepared.history, results["losses"])
+        if config.method == "earlybert":  # where a searched ticket pruned, to compare the two search objectives
+            # a shared search's objective is the one its own run recorded (config.json omits the default)
+            searched = json.loads((config.search_folder() / "config.json").read_text()) if config.search_from else {}
+            objective = searched.get("search_objective", FinetuneConfig.search_objective) if config.search_from else config.search_objective
+            report.append_report_lines(folder.path, report.search_by_layer_lines(prepared.ticket, prepared.history,
+                                                                                 objective))
         folder.write_json("results.json", results)  # last: its presence marks the run finished (check_resume)
     remove_checkpoint(folder.path / "train_checkpoint", accelerator)  # only now: results are safely on disk
     accelerator.wait_for_everyone()

@@ -313,3 +313,29 @@ def plot_sweep(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def search_by_layer_lines(ticket: Ticket, history: dict | None, objective: str) -> list[str]:
+    """report.md's section on where the search pruned: per layer, the share of heads and FFN neurons it removed,
+    and how far apart the last two recorded masks were. The paper (App. B) saw the masked-LM objective prune the
+    earlier layers more and the task loss the later ones; this table is what shows it for a run."""
+    loss = "masked-LM loss on the task's training text (paper App. B)" if objective == "mlm" else "task loss"
+    lines = ["## Where the search pruned", "", f"Search objective: {loss}.  "]
+    if history and len(history.get("steps", [])) >= 2:
+        tracker = EarlyBird()
+        tracker.load_state_dict(history)
+        heads, ffn = (tracker.distance_matrix(kind)[-1, -2] for kind in ("heads", "ffn"))
+        lines.append(f"Mask distance between the last two records (steps {tracker.steps[-2]} and {tracker.steps[-1]}): "
+                     f"heads {heads:.3f}, FFN {ffn:.3f}; every pair is in the mask-distance figure.")
+    lines += ["", "| layer | heads pruned | FFN neurons pruned |", "|---|---|---|"]
+    for layer, (kept_h, all_h, kept_f, all_f) in enumerate(zip(ticket.kept_heads, ticket.num_heads, ticket.kept_ffn,
+                                                               ticket.ffn_sizes)):
+        lines.append(f"| {layer} | {all_h - kept_h}/{all_h} ({1 - kept_h / all_h:.0%}) | "
+                     f"{all_f - kept_f}/{all_f} ({1 - kept_f / all_f:.0%}) |")
+    return [*lines, ""]
+
+
+def append_report_lines(folder: Path, lines: list[str]) -> None:
+    """Add a section at the end of a run's report.md (rewritten whole, atomically, like every run file)."""
+    path = folder / "report.md"
+    atomic_write_text(path, path.read_text().rstrip("\n") + "\n\n" + "\n".join(lines))

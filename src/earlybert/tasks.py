@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import data as glue_data
-from .archs import max_positions
+from .archs import max_positions, mlm_head
 from .metrics import classification_metrics, regression_metrics
 
 SQUAD_FILES = ("train-v1.1.json", "dev-v1.1.json")
@@ -169,6 +169,28 @@ def load_model_for(name_or_path: str, info: TaskInfo):
         kwargs["id2label"] = dict(enumerate(task.labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(task.labels)}
     return _from_pretrained(AutoModelForSequenceClassification, name_or_path, **kwargs)
+
+
+def load_masked_lm(name_or_path: str):
+    """The checkpoint's own *ForMaskedLM, for a search driven by the masked-LM loss (--search-objective mlm).
+
+    A checkpoint without MLM head weights (a bare encoder, a fine-tuned classifier) is refused in one line:
+    transformers would give it a randomly initialised head, and a search led by a random head's loss says nothing
+    about what the encoder knows."""
+    from transformers import AutoModelForMaskedLM
+
+    flag = "--search-objective mlm"
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, dtype=torch.float32)
+        mlm_head(model.config.model_type)  # the family's head must be one MaskedLM knows how to call
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"{flag}: cannot load a masked-LM model from {name_or_path!r}: {first}") from None
+    head_missing = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
+    if head_missing:
+        raise ValueError(f"{flag}: the checkpoint {name_or_path!r} has no masked-LM head ({head_missing[0]} and "
+                         f"{len(head_missing) - 1} more weights missing); use the task objective or an MLM checkpoint")
+    return model
 
 
 def _from_pretrained(auto_class, name_or_path: str, **kwargs):
