@@ -293,6 +293,8 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
 def cmd_finetune(args) -> int:
     from .finetune import finetune
 
+    if args.target_saving is not None:
+        return _finetune_to_target(args)
     results = finetune(finetune_config(args, args.method), resume=args.resume, overwrite=args.overwrite)
     say(json.dumps({k: results[k] for k in ("method", "task", "metrics", "total_step_time_s",
                                               "fraction_saved_vs_estimated_full")}, indent=1))
@@ -405,6 +407,29 @@ def _add_sweep_parser(sub) -> None:
     p.set_defaults(func=cmd_sweep, ffn_ratio=TicketConfig.ffn_ratio)
 
 
+def _finetune_to_target(args) -> int:
+    from .target import TargetError, finetune_to_target
+
+    if args.method != "earlybert" or args.head_ratio is not None or args.head_count is not None:
+        raise CliError("--target-saving picks the ticket's ratios itself: use it with the earlybert method and "
+                       "without --head-ratio / --head-count")
+    try:
+        results = finetune_to_target(finetune_config(args, "earlybert"), args.target_saving, resume=args.resume,
+                                     overwrite=args.overwrite)
+    except TargetError as e:
+        raise CliError(str(e)) from None
+    say(json.dumps({k: results[k] for k in ("task", "target", "picked", "predicted_saving", "predicted_saving_flops",
+                                              "measured_saving", "score")}, indent=1))
+    say(f"report: {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def _add_target_flag(p) -> None:
+    p.add_argument("--target-saving", type=float, metavar="F", help="save this fraction of full fine-tuning's time: "
+                   "one search, then the heads and FFN ratio predicted to reach F with the least pruning are picked "
+                   "(OUT/search, OUT/run, OUT/report.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .finetune import METHODS, FinetuneConfig
     from .pretrain import METHODS as PRETRAIN_METHODS
@@ -434,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default=_defaults(FinetuneConfig)["method"])
     p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
     p.set_defaults(func=cmd_finetune)
+    _add_target_flag(p)
 
     p = sub.add_parser("pretrain", help="MLM pre-training from a random init: full, earlybert, random, or compare all")
     p.add_argument("--config", required=True, help=f"{', '.join(NAMED_CONFIGS)}, or a config.json / folder")

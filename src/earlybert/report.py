@@ -315,6 +315,32 @@ def plot_sweep(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def target_report(results: dict, candidates: list[dict]) -> str:
+    """report.md of `finetune --target-saving`: what was picked, why, the predicted and the measured saving."""
+    picked, cal = results["picked"], results["calibrated_on"]
+    lines = [f"# Fine-tuning to a target saving on {results['task']}", "",
+             f"Target: save {results['target']:.1%} of full fine-tuning's time. Picked: {_heads_label(picked['heads'])}"
+             f" pruned per layer, {picked['ffn_ratio']:.0%} of FFN neurons pruned (slim linear FLOPs {results['flop_ratio']:.1%} of "
+             "the full model's): the candidate predicted to reach the target with the least pruning.", "",
+             "| target | predicted (time) | predicted (FLOPs) | measured |", "|---|---|---|---|",
+             f"| {results['target']:.1%} | {results['predicted_saving']:.1%} | {results['predicted_saving_flops']:.1%} | "
+             f"{_fmt(results['measured_saving'] and 100 * results['measured_saving'], '.1f')}% |", "",
+             f"{results['headline_metric']}: {results['score']:.2f}.", "",
+             "Predicted saving: 1 - (search cost + slim steps x slim step) / (full steps x full step); "
+             f"{results['search']['steps']} search steps, {results['slim_steps']} slim steps, "
+             f"{results['full_steps']} full steps. In time, a slim step is the full step x (a + (1 - a) x FLOP "
+             f"ratio), a = {results['overhead_share']:.3f} fitted from the paired slim / full step-time ratio "
+             f"{cal['ratio']:.3f} measured on the most pruned candidate ({_heads_label(cal['heads'])}, "
+             f"{cal['ffn_ratio']:.0%} FFN). Measured: the run's own step time (search included) against the full "
+             "baseline's estimated from its paired step-time ratio.", "",
+             "| heads pruned | FFN pruned | FLOP ratio | predicted (time) | predicted (FLOPs) |", "|---|---|---|---|---|"]
+    for row in candidates:
+        mark = " **picked**" if (row["heads"], row["ffn_ratio"]) == (picked["heads"], picked["ffn_ratio"]) else ""
+        lines.append(f"| {row['heads']} | {row['ffn_ratio']:.0%} | {row['flop_ratio']:.3f} | "
+                     f"{row['predicted_saving']:.1%}{mark} | {row['predicted_saving_flops']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def search_by_layer_lines(ticket: Ticket, history: dict | None, objective: str) -> list[str]:
     """report.md's section on where the search pruned: per layer, the share of heads and FFN neurons it removed,
     and how far apart the last two recorded masks were. The paper (App. B) saw the masked-LM objective prune the
