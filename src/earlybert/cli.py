@@ -430,6 +430,40 @@ def _add_target_flag(p) -> None:
                    "(OUT/search, OUT/run, OUT/report.md)")
 
 
+def cmd_ablate(args) -> int:
+    from .ablate import ablate_stop
+    from .report import stop_table
+    from .sweep import GridError, parse_values
+
+    try:
+        results = ablate_stop(finetune_config(args, "earlybert"), parse_values(args.stop_at, "stop_at"),
+                              args.resume, args.overwrite)
+    except GridError as e:
+        raise CliError(e.naming("--stop-at")) from None
+    say(f"report: {Path(args.output) / 'report.md'}\n\n{stop_table(results)}")
+    return 0
+
+
+def _add_ablate_parser(sub) -> None:
+    from .ablate import STOP_AT
+    from .finetune import FinetuneConfig
+
+    p = sub.add_parser("ablate", help="an ablation from one search: stop (when to stop the search, paper Fig. 3)")
+    p.add_argument("ablation", choices=("stop",), help="stop: one search run to the latest --stop-at with the "
+                   "early-bird rule off, a ticket from the coefficients of each stop step, a slim training per ticket")
+    _add_finetune_args(p)
+    p.add_argument("--stop-at", default=",".join(map(str, STOP_AT)),
+                   help="search stop times, fractions of the first epoch, comma-separated (%(default)s)")
+    p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
+    p.set_defaults(func=cmd_ablate)
+
+
+def _add_choosing_parsers(sub) -> None:
+    """Choosing the ticket from one search: the trade-off sweep and the ablations."""
+    _add_sweep_parser(sub)
+    _add_ablate_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .finetune import METHODS, FinetuneConfig
     from .pretrain import METHODS as PRETRAIN_METHODS
@@ -507,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help="(%(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
     p.set_defaults(func=cmd_compare)
-    _add_sweep_parser(sub)
+    _add_choosing_parsers(sub)
     return parser
 
 

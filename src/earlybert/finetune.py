@@ -38,7 +38,7 @@ from .prune import check_ticket_fits, prune
 from .runs import RunFolder, WallClock, atomic_write_bytes, remove_checkpoint
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
-from .train import TrainConfig, step_time_ratio, steps_per_epoch, train_stage
+from .train import Paused, StepBudget, TrainConfig, step_time_ratio, steps_per_epoch, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -343,8 +343,9 @@ def _prepare_full(run: _Run, model: nn.Module) -> _Prepared:
     return _Prepared(model)
 
 
-def _search(run: _Run, model: nn.Module) -> tuple[Ticket, dict]:
-    """The search stage: gates + L1 from the pretrained weights, stopped by the early bird or the budget."""
+def _search(run: _Run, model: nn.Module, pause: StepBudget | None = None) -> tuple[Ticket, dict]:
+    """The search stage: gates + L1 from the pretrained weights, stopped by the early bird or the budget; a step
+    budget `pause` pauses it (train.Paused), to be resumed from its checkpoint."""
     config, task_info = run.config, run.task_info
     base = config.train_config(slim=False)
     per_epoch = steps_per_epoch(len(task_info.train_features), base, run.accelerator.num_processes)
@@ -358,7 +359,7 @@ def _search(run: _Run, model: nn.Module) -> tuple[Ticket, dict]:
     if config.searches_with_mlm:
         model, dataset, collate, wrap = _mlm_search_inputs(config, task_info)
     return run_search(model, dataset, collate, search_train, search_cfg, config.ticket, config.gates, run.accelerator,
-                      run.new_accelerator(), run.folder, wrap=wrap)
+                      run.new_accelerator(), run.folder, wrap=wrap, budget=pause)
 
 
 def _mlm_search_inputs(config: FinetuneConfig, task_info) -> tuple:
@@ -557,18 +558,25 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     return results
 
 
-def search_only(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def search_only(config: FinetuneConfig, resume: bool = False, overwrite: bool = False,
+                budget: StepBudget | None = None, on_pause: Callable | None = None) -> dict:
     """EarlyBERT's search stage alone, exactly as `finetune` runs it, into `config.output`: search.json,
     mask_history.json, ticket.json (at `config.ticket`'s ratios, the ones the early-bird rule watched) and the gates'
     final coefficients (COEFFICIENTS), from which runs with `search_from` draw their tickets. Returns results.json's
-    content (the search stage and where the coefficients are)."""
+    content (the search stage and where the coefficients are). A step `budget` pauses the search (train.Paused)
+    after calling `on_pause(gates)`: the stop-time ablation keeps the coefficients of several steps of one search."""
     if config.method != "earlybert" or config.search_from:
         raise ValueError("search_only runs the earlybert method's own search (method earlybert, no search_from)")
     run = _open_run(config, resume, overwrite)
     if isinstance(run, dict):
         return run
     model = _seeded_model(config, run.task_info)
-    ticket, done = _search(run, model)
+    try:
+        ticket, done = _search(run, model, budget)
+    except Paused:
+        if on_pause is not None:
+            on_pause(getattr(model, GATES_ATTR))
+        raise
     # The gates of the search just run; a resumed search (read back from its files) has none, but its ticket was
     # drawn from the gates at the step the search stopped, the last step, so its scores are the same coefficients.
     gates = getattr(model, GATES_ATTR, None)

@@ -365,3 +365,20 @@ def append_report_lines(folder: Path, lines: list[str]) -> None:
     """Add a section at the end of a run's report.md (rewritten whole, atomically, like every run file)."""
     path = folder / "report.md"
     atomic_write_text(path, path.read_text().rstrip("\n") + "\n\n" + "\n".join(lines))
+
+
+def stop_table(results: dict) -> str:
+    """report.md of the stop-time ablation (paper Fig. 3): score and time saved against when the search stopped."""
+    lines = [f"# When to stop the search: {results['task']}, seed {results['seed']}", "",
+             f"| search stopped at | search steps | {results['headline_metric']} | search step time | time saved "
+             "(estimated) | linear FLOPs saved |", "|---|---|---|---|---|---|"]
+    for p in results["points"]:
+        saved = p["time_saved_estimated"]
+        lines.append(f"| {p['stop_at']:.0%} of epoch 1 | {p['steps']} | {p['score']:.2f} | "
+                     f"{p['search_step_time_s']:.2f} s | {_fmt(saved and 100 * saved, '.1f')}% | "
+                     f"{100 * p['theoretical_saved']:.1f}% |")
+    note = ("One search, run to the latest stop time with the early-bird rule off; each row's ticket is drawn from "
+            "the gate coefficients of its step (at the run's ticket ratios), its slim model trained as an earlybert "
+            "run and charged the search's time up to that step. Time saved: against the full baseline estimated from "
+            "each run's paired slim / full step-time ratio.")
+    return "\n".join(lines) + "\n\n" + note + "\n"

@@ -1,0 +1,147 @@
+"""Ablations from one search (the paper's Fig. 3): when to stop the search.
+
+`ablate_stop(base, stop_at)`: ONE search runs to the largest stop time (a fraction of the first epoch) with the
+early-bird rule off, pausing at each smaller stop time to keep the gates' coefficients of that step; each stop time
+is then an earlybert run (`finetune` with `search_from`) whose ticket is `draw_ticket` of the coefficients of its
+step, at `base.ticket`'s ratios, and which is charged the search's time up to that step only, as a search stopped
+there would have been.
+
+    ABL/config.json            the settings (a resume must repeat them)
+    ABL/search/                the one search: coefficients-step<N>.safetensors at every stop step
+    ABL/search-stop<f>/        the search as stopped at f: its coefficients, search.json and masks up to that step
+    ABL/stop<f>/               the slim training from that ticket
+    ABL/report.md, results.json   the table (stop time, steps, score, time saved), results.json written last
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .finetune import COEFFICIENTS, FinetuneConfig, finetune, save_coefficients, search_only
+from .runs import RunFolder, WallClock, atomic_write_text
+from .sweep import GridError, _check_values, _run_once
+from .train import Paused, StageResult, StepBudget
+
+STOP_AT = (0.01, 0.05, 0.1, 0.2, 0.4, 1.0)  # Fig. 3: search stop times as fractions of the first epoch
+
+
+def snapshot_name(step: int) -> str:
+    return f"coefficients-step{step}.safetensors"
+
+
+def stop_steps(stop_at: Sequence[float], per_epoch: int) -> list[int]:
+    """The search step of each stop time (at least 1); two stop times on one step would be one ticket twice."""
+    _check_values("stop_at", stop_at, (float, int))
+    steps = []
+    for f in stop_at:
+        if not 0 < f <= 1:
+            raise GridError("stop_at", f, "a stop time is a fraction of the first epoch, in (0, 1]")
+        steps.append(max(1, math.ceil(f * per_epoch)))
+        if steps[-1] in steps[:-1]:
+            raise GridError("stop_at", f, f"falls on search step {steps[-1]} as an earlier stop time does "
+                                          f"({per_epoch} steps per epoch)")
+    return steps
+
+
+def _checkpoint_step(folder: Path) -> int:
+    progress = folder / "search_checkpoint" / "progress.json"
+    return json.loads(progress.read_text())["result"]["steps"] if progress.exists() else 0
+
+
+def search_with_snapshots(config: FinetuneConfig, steps: list[int]) -> dict:
+    """One search to max(steps), the coefficients kept at every step of `steps` (snapshot_name); search_only's
+    results. Each slice pauses at the next stop step (train.StepBudget) and resumes from the pause's checkpoint."""
+    folder, last = Path(config.output), max(steps)
+    for step in sorted(steps)[:-1]:
+        if (folder / snapshot_name(step)).exists():
+            continue
+        at = _checkpoint_step(folder)
+        if at >= step:  # a kill between a pause and its snapshot: the gates of that step are gone
+            raise ValueError(f"{folder}: the search is past step {step} without its coefficients; rerun with "
+                             "--overwrite")
+        gates = []
+        try:
+            search_only(config, resume=folder.exists(), budget=StepBudget(step - at), on_pause=gates.append)
+        except Paused:
+            head, ffn = gates[0].scores()
+            save_coefficients(folder / snapshot_name(step), head, ffn, step)
+        else:
+            raise RuntimeError(f"the search stopped before step {step}")  # the early-bird rule is off: cannot happen
+    results = _run_once(search_only, config)
+    if results["stage"]["steps"] != last:
+        raise RuntimeError(f"the search stopped at step {results['stage']['steps']}, not {last}")
+    shutil.copyfile(folder / COEFFICIENTS, folder / snapshot_name(last))
+    return results
+
+
+def stopped_search(search: Path, out: Path, step: int, reason: str) -> None:
+    """`out`: the search as if it had stopped at `step`: that step's coefficients, its step times and losses, and
+    the masks recorded up to it; an earlybert run with search_from=`out` is charged exactly that much search."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = json.loads((search / "search.json").read_text())
+    stage = StageResult("search", steps=step, step_times=done["step_times"][:step], stop_reason=reason)
+    # wall time is not split per step: the share of the whole search's wall time that its first `step` steps took
+    wall = done["stage"]["wall_s"] * sum(stage.step_times) / max(sum(done["step_times"]), 1e-12)
+    stage.wall_s = wall
+    done = {**done, "stage": {**stage.summary(), "budget": step}, "losses": done["losses"][:step],
+            "step_times": done["step_times"][:step]}
+    history = json.loads((search / "mask_history.json").read_text())
+    keep = [i for i, s in enumerate(history["steps"]) if s <= step]
+    history = {**history, "steps": [history["steps"][i] for i in keep], "stop_reason": reason, "newest": None,
+               "head_masks": [history["head_masks"][i] for i in keep],
+               "ffn_masks": [history["ffn_masks"][i] for i in keep]}
+    for name, data in (("search.json", done), ("mask_history.json", history)):
+        atomic_write_text(out / name, json.dumps(data))
+    shutil.copyfile(search / "config.json", out / "config.json")  # the search's settings (its objective)
+    shutil.copyfile(search / snapshot_name(step), out / COEFFICIENTS)  # last: its presence marks `out` complete
+
+
+def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume: bool = False,
+                overwrite: bool = False) -> dict:
+    """The stop-time ablation into `base.output` (see the module's docstring); returns results.json's content.
+    Bad stop times raise GridError (axis "stop_at") before anything is written."""
+    from accelerate import PartialState
+
+    from .report import stop_table
+    from .tasks import prepare_task
+    from .train import steps_per_epoch
+
+    if base.method != "earlybert" or base.search_from or base.searches_with_mlm:
+        raise ValueError("the stop-time ablation runs its own task-loss search: method earlybert, no search_from, "
+                         "search objective task")
+    stop_at = list(stop_at)
+    steps = stop_steps(stop_at, steps_per_epoch(len(prepare_task(base).train_features), base.train_config(False)))
+    root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process)
+    settings = {**base.to_dict(), "stop_at": stop_at}
+    finished = root.check_resume(settings) if resume else None
+    if finished is not None:
+        return finished
+    root.create().write_json("config.json", settings)
+    clock = WallClock(root).begin()
+    # The early-bird rule off (no mask is within distance 0 of another), the budget the latest stop time: the
+    # search runs to it, whatever its masks do, as the paper's Fig. 3 searches do.
+    search_with_snapshots(replace(base, output=str(root.path / "search"), epsilon=0.0, search_max_steps=max(steps),
+                                  search_epoch_fraction=max(stop_at)), steps)
+    points = []
+    for fraction, step in zip(stop_at, steps):
+        name = f"stop{fraction:g}"
+        if not (root.path / f"search-{name}" / COEFFICIENTS).exists():
+            stopped_search(root.path / "search", root.path / f"search-{name}", step, f"stopped at {fraction:g} epoch")
+        run = _run_once(finetune, replace(base, output=str(root.path / name), search_from=f"../search-{name}"))
+        points.append({"stop_at": fraction, "steps": step, "score": run["score"],
+                       "search_step_time_s": run["stages"]["search"]["step_time_s"],
+                       "total_step_time_s": run["total_step_time_s"],
+                       "time_saved_estimated": run["fraction_saved_vs_estimated_full"],
+                       "theoretical_saved": run["theoretical_fraction_saved_flops"], "ticket": run["ticket"]})
+    results = {"ablation": "stop", "task": run["task"], "headline_metric": run["headline_metric"],
+               "seed": base.seed,
+               "points": points, "wall_time_s": clock.stop()}
+    if root.is_main:
+        atomic_write_text(root.path / "report.md", stop_table(results))
+    root.write_json("results.json", results)  # last: its presence marks the ablation finished
+    return results
