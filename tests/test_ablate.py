@@ -84,3 +84,33 @@ def test_bad_stop_flags_exit_2_with_one_line_naming_the_flag(value, message, tin
     assert main([*cli_args(tiny_encoder, glue_dir, out), "--stop-at", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("earlybert: error: ") and message in err and not out.exists()
+
+
+def test_epochs_by_lr_scale_share_one_search(tiny_encoder, glue_dir, tmp_path):
+    from earlybert.ablate import ablate_epochs
+
+    out = tmp_path / "epochs"
+    results = ablate_epochs(config(tiny_encoder, glue_dir, out, search_epoch_fraction=0.5), [0.5, 1], [1, 2])
+    assert [(p["slim_epochs"], p["lr_scale"]) for p in results["points"]] == [(0.5, 1), (0.5, 2), (1, 1), (1, 2)]
+    searched = eb.Ticket.load(out / "search" / "ticket.json")
+    for p in results["points"]:
+        run_dir = out / f"epochs{p['slim_epochs']:g}-lr{p['lr_scale']:g}"
+        settings = read(run_dir / "config.json")
+        assert (settings["earlybert_epochs"], settings["lr_scale"], settings["search_from"]) == \
+            (p["slim_epochs"], p["lr_scale"], "../search")
+        assert eb.Ticket.load(run_dir / "ticket.json").ffn == searched.ffn  # one ticket, the search's own
+        assert read(run_dir / "results.json")["stages"]["train"]["steps"] == 8 * p["slim_epochs"]
+    assert "| 0.5 | " in (out / "report.md").read_text()
+    with pytest.raises(GridError, match="lr_scales 0: must be > 0"):
+        ablate_epochs(config(tiny_encoder, glue_dir, tmp_path / "never"), [1], [0])
+
+
+def test_the_command_runs_the_epochs_ablation_and_names_bad_flags(tiny_encoder, glue_dir, tmp_path, capsys):
+    args = ["ablate", "epochs", *cli_args(tiny_encoder, glue_dir, tmp_path / "cli")[2:], "--search-epoch-fraction", "0.5"]
+    assert main([*args, "--slim-epochs", "0.5", "--lr-scales", "1,2"]) == 0
+    assert [(p["slim_epochs"], p["lr_scale"]) for p in read(tmp_path / "cli" / "results.json")["points"]] == \
+        [(0.5, 1), (0.5, 2)]
+    assert "| epochs | lr x1 | lr x2 |" in capsys.readouterr().out
+    args[args.index("--output") + 1] = str(tmp_path / "never")
+    assert main([*args, "--lr-scales", "1,1"]) == 2
+    assert "earlybert: error: --lr-scales 1: is given twice" in capsys.readouterr().err

@@ -11,6 +11,13 @@ there would have been.
     ABL/search-stop<f>/        the search as stopped at f: its coefficients, search.json and masks up to that step
     ABL/stop<f>/               the slim training from that ticket
     ABL/report.md, results.json   the table (stop time, steps, score, time saved), results.json written last
+
+`ablate_epochs(base, slim_epochs, lr_scales)` (the paper's Fig. 2): one search (`finetune.search_only`), its ticket
+at `base.ticket`'s ratios, and a slim training per (slim epochs, learning-rate scale): can fewer epochs at a larger
+learning rate recover the score? Every point is charged the whole search.
+
+    ABL/search/                the search
+    ABL/epochs<e>-lr<s>/       one point's earlybert run (search_from ../search)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from .sweep import GridError, _check_values, _run_once
 from .train import Paused, StageResult, StepBudget
 
 STOP_AT = (0.01, 0.05, 0.1, 0.2, 0.4, 1.0)  # Fig. 3: search stop times as fractions of the first epoch
+SLIM_EPOCHS, LR_SCALES = (1.0, 2.0, 3.0), (1.0, 2.0, 3.0, 4.0)  # Fig. 2: the paper picks 2 epochs at 2x (4e-5)
 
 
 def snapshot_name(step: int) -> str:
@@ -101,12 +109,32 @@ def stopped_search(search: Path, out: Path, step: int, reason: str) -> None:
     shutil.copyfile(search / snapshot_name(step), out / COEFFICIENTS)  # last: its presence marks `out` complete
 
 
+def _open(base: FinetuneConfig, axes: dict, resume: bool, overwrite: bool) -> RunFolder | dict:
+    """The ablation's folder, created with config.json (the run settings and the ablation's axes); or, for a resume
+    of a finished ablation, its results."""
+    from accelerate import PartialState
+
+    root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process)
+    settings = {**base.to_dict(), **axes}
+    finished = root.check_resume(settings) if resume else None
+    if finished is not None:
+        return finished
+    root.create().write_json("config.json", settings)
+    return root
+
+
+def _point(run: dict) -> dict:
+    """What a table row shows of one slim run."""
+    return {"score": run["score"], "search_step_time_s": run["stages"]["search"]["step_time_s"],
+            "total_step_time_s": run["total_step_time_s"],
+            "time_saved_estimated": run["fraction_saved_vs_estimated_full"],
+            "theoretical_saved": run["theoretical_fraction_saved_flops"], "ticket": run["ticket"]}
+
+
 def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume: bool = False,
                 overwrite: bool = False) -> dict:
     """The stop-time ablation into `base.output` (see the module's docstring); returns results.json's content.
     Bad stop times raise GridError (axis "stop_at") before anything is written."""
-    from accelerate import PartialState
-
     from .report import stop_table
     from .tasks import prepare_task
     from .train import steps_per_epoch
@@ -116,12 +144,9 @@ def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume
                          "search objective task")
     stop_at = list(stop_at)
     steps = stop_steps(stop_at, steps_per_epoch(len(prepare_task(base).train_features), base.train_config(False)))
-    root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process)
-    settings = {**base.to_dict(), "stop_at": stop_at}
-    finished = root.check_resume(settings) if resume else None
-    if finished is not None:
-        return finished
-    root.create().write_json("config.json", settings)
+    root = _open(base, {"stop_at": stop_at}, resume, overwrite)
+    if isinstance(root, dict):
+        return root
     clock = WallClock(root).begin()
     # The early-bird rule off (no mask is within distance 0 of another), the budget the latest stop time: the
     # search runs to it, whatever its masks do, as the paper's Fig. 3 searches do.
@@ -133,15 +158,43 @@ def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume
         if not (root.path / f"search-{name}" / COEFFICIENTS).exists():
             stopped_search(root.path / "search", root.path / f"search-{name}", step, f"stopped at {fraction:g} epoch")
         run = _run_once(finetune, replace(base, output=str(root.path / name), search_from=f"../search-{name}"))
-        points.append({"stop_at": fraction, "steps": step, "score": run["score"],
-                       "search_step_time_s": run["stages"]["search"]["step_time_s"],
-                       "total_step_time_s": run["total_step_time_s"],
-                       "time_saved_estimated": run["fraction_saved_vs_estimated_full"],
-                       "theoretical_saved": run["theoretical_fraction_saved_flops"], "ticket": run["ticket"]})
+        points.append({"stop_at": fraction, "steps": step, **_point(run)})
     results = {"ablation": "stop", "task": run["task"], "headline_metric": run["headline_metric"],
                "seed": base.seed,
                "points": points, "wall_time_s": clock.stop()}
     if root.is_main:
         atomic_write_text(root.path / "report.md", stop_table(results))
+    root.write_json("results.json", results)  # last: its presence marks the ablation finished
+    return results
+
+
+def ablate_epochs(base: FinetuneConfig, slim_epochs: Sequence[float] = SLIM_EPOCHS,
+                  lr_scales: Sequence[float] = LR_SCALES, resume: bool = False, overwrite: bool = False) -> dict:
+    """The slim epochs x learning-rate scale ablation into `base.output` (see the module's docstring); returns
+    results.json's content. Bad values raise GridError (axes "slim_epochs", "lr_scales") before anything is written."""
+    from .report import epochs_table
+
+    if base.method != "earlybert" or base.search_from:
+        raise ValueError("the epochs ablation runs its own search: method earlybert, no search_from")
+    for axis, values in (("slim_epochs", slim_epochs), ("lr_scales", lr_scales)):
+        _check_values(axis, values)
+        for value in values:
+            if value <= 0:
+                raise GridError(axis, value, "must be > 0")
+    root = _open(base, {"slim_epochs": list(slim_epochs), "lr_scales": list(lr_scales)}, resume, overwrite)
+    if isinstance(root, dict):
+        return root
+    clock = WallClock(root).begin()
+    _run_once(search_only, replace(base, output=str(root.path / "search")))
+    points = []
+    for epochs in slim_epochs:
+        for scale in lr_scales:
+            run = _run_once(finetune, replace(base, output=str(root.path / f"epochs{epochs:g}-lr{scale:g}"),
+                                              earlybert_epochs=epochs, lr_scale=scale, search_from="../search"))
+            points.append({"slim_epochs": epochs, "lr_scale": scale, "lr": base.lr * scale, **_point(run)})
+    results = {"ablation": "epochs", "task": run["task"], "headline_metric": run["headline_metric"],
+               "seed": base.seed, "full_epochs": base.epochs, "points": points, "wall_time_s": clock.stop()}
+    if root.is_main:
+        atomic_write_text(root.path / "report.md", epochs_table(results))
     root.write_json("results.json", results)  # last: its presence marks the ablation finished
     return results

@@ -431,29 +431,41 @@ def _add_target_flag(p) -> None:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import ablate_stop
-    from .report import stop_table
+    from .ablate import ablate_epochs, ablate_stop
+    from .report import epochs_table, stop_table
     from .sweep import GridError, parse_values
 
+    flags = {"stop_at": "--stop-at", "slim_epochs": "--slim-epochs", "lr_scales": "--lr-scales"}
+    base = finetune_config(args, "earlybert")
     try:
-        results = ablate_stop(finetune_config(args, "earlybert"), parse_values(args.stop_at, "stop_at"),
-                              args.resume, args.overwrite)
+        if args.ablation == "stop":
+            results = ablate_stop(base, parse_values(args.stop_at, "stop_at"), args.resume, args.overwrite)
+        else:
+            results = ablate_epochs(base, parse_values(args.slim_epochs, "slim_epochs"),
+                                    parse_values(args.lr_scales, "lr_scales"), args.resume, args.overwrite)
     except GridError as e:
-        raise CliError(e.naming("--stop-at")) from None
-    say(f"report: {Path(args.output) / 'report.md'}\n\n{stop_table(results)}")
+        raise CliError(e.naming(flags[e.axis])) from None
+    table = stop_table(results) if args.ablation == "stop" else epochs_table(results)
+    say(f"report: {Path(args.output) / 'report.md'}\n\n{table}")
     return 0
 
 
 def _add_ablate_parser(sub) -> None:
-    from .ablate import STOP_AT
+    from .ablate import LR_SCALES, SLIM_EPOCHS, STOP_AT
     from .finetune import FinetuneConfig
 
-    p = sub.add_parser("ablate", help="an ablation from one search: stop (when to stop the search, paper Fig. 3)")
-    p.add_argument("ablation", choices=("stop",), help="stop: one search run to the latest --stop-at with the "
-                   "early-bird rule off, a ticket from the coefficients of each stop step, a slim training per ticket")
+    p = sub.add_parser("ablate", help="an ablation from one search: stop (when to stop the search, paper Fig. 3) or "
+                       "epochs (slim epochs x learning-rate scale, Fig. 2)")
+    p.add_argument("ablation", choices=("stop", "epochs"), help="stop: one search run to the latest --stop-at with "
+                   "the early-bird rule off, a ticket from the coefficients of each stop step, a slim training per "
+                   "ticket; epochs: one search, a slim training per --slim-epochs x --lr-scales")
     _add_finetune_args(p)
     p.add_argument("--stop-at", default=",".join(map(str, STOP_AT)),
                    help="search stop times, fractions of the first epoch, comma-separated (%(default)s)")
+    p.add_argument("--slim-epochs", default=",".join(f"{e:g}" for e in SLIM_EPOCHS),
+                   help="epochs: slim-training epochs, comma-separated (%(default)s)")
+    p.add_argument("--lr-scales", default=",".join(f"{s:g}" for s in LR_SCALES),
+                   help="epochs: slim learning-rate multipliers of --lr, comma-separated (%(default)s)")
     p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
     p.set_defaults(func=cmd_ablate)
 

@@ -382,3 +382,22 @@ def stop_table(results: dict) -> str:
             "run and charged the search's time up to that step. Time saved: against the full baseline estimated from "
             "each run's paired slim / full step-time ratio.")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def epochs_table(results: dict) -> str:
+    """report.md of the slim epochs x learning-rate scale ablation (paper Fig. 2): score per cell, time saved."""
+    epochs = list(dict.fromkeys(p["slim_epochs"] for p in results["points"]))
+    scales = list(dict.fromkeys(p["lr_scale"] for p in results["points"]))
+    cell = {(p["slim_epochs"], p["lr_scale"]): p for p in results["points"]}
+    lines = [f"# Slim epochs x learning-rate scale: {results['task']}, seed {results['seed']}", "",
+             f"{results['headline_metric']} (estimated time saved) per slim-training epochs (rows) and learning-rate "
+             f"scale (columns); the full baseline trains {results['full_epochs']:g} epochs.", "",
+             "| epochs | " + " | ".join(f"lr x{s:g}" for s in scales) + " |", "|---" * (len(scales) + 1) + "|"]
+    for e in epochs:
+        row = [cell[(e, s)] for s in scales]
+        lines.append(f"| {e:g} | " + " | ".join(
+            f"{p['score']:.2f} ({_fmt(p['time_saved_estimated'] and 100 * p['time_saved_estimated'], '.1f')}%)"
+            for p in row) + " |")
+    note = ("One search, its ticket at the run's ratios; every cell a slim training from it, charged the whole search. "
+            "Time saved: against the full baseline estimated from each run's paired slim / full step-time ratio.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
