@@ -177,3 +177,52 @@ def test_bad_grid_flags_exit_2_with_one_line_naming_the_flag(flags, message, tin
     err = capsys.readouterr().err.strip()
     assert err.startswith("earlybert: error: ") and "\n" not in err and message in err
     assert not out.exists()
+
+
+def test_target_saving_keeps_the_points_predicted_to_reach_it(swept, tiny_encoder, glue_dir, tmp_path,
+                                                               monkeypatch):
+    from pathlib import Path
+
+    from earlybert import target as target_module
+
+    def time_as_flops(base, task_info, coefficients, point):
+        """Time follows FLOPs exactly (full step = the search's mean step, no overhead): the kept points do not
+        depend on this machine's timings."""
+        stage = read(Path(base.output) / f"search-seed{base.seed}" / "results.json")["stage"]
+        step = stage["step_time_s"] / stage["steps"]
+        return {"full_mean_step_s": step, "slim_mean_step_s": step, "ratio": 1.0, "pairs": 0, "batches": 0}
+
+    monkeypatch.setattr(target_module, "overhead_share", lambda flop_ratio, time_ratio: 0.0)
+    monkeypatch.setattr(target_module, "_calibrate", time_as_flops)
+    grid = make_grid(HEADS, FFN)
+    # the predictions after the fixture's search (same settings and seed: the same search), for a target between
+    # the grid's points
+    done, _ = swept
+    savings = sorted(r["predicted_saving"] for r in target_module.predict(
+        base_config(tiny_encoder, glue_dir, done), read(done / "search-seed3" / "results.json"),
+        done / "search-seed3", grid)["rows"])
+    target = (savings[1] + savings[2]) / 2
+    out = tmp_path / "target"
+    results = sweep(base_config(tiny_encoder, glue_dir, out), HEADS, FFN, select=target_module.reaching(target))
+    rows = read(out / "selection.json")["rows"]
+    assert [(r["heads"], r["ffn_ratio"]) for r in rows] == [(p.heads, p.ffn_ratio) for p in grid]
+    assert sorted(r["predicted_saving"] for r in rows) == pytest.approx(savings)
+    kept = [(r["heads"], r["ffn_ratio"]) for r in rows if r["predicted_saving"] >= target]
+    assert len(kept) == 2 and [(p["heads"], p["ffn_ratio"]) for p in results["points"]] == kept
+    assert results["selection"]["target"] == target and read(out / "config.json")["target_saving"] == target
+    for p in grid:
+        assert (out / f"{p.name}-seed3").exists() == ((p.heads, p.ffn_ratio) in kept)
+    assert "Only the points predicted to save at least" in (out / "report.md").read_text()
+    assert results["runs_total"] == 3
+
+
+@pytest.mark.parametrize("value,message", [
+    ("1.5", "--target-saving 1.5: give the fraction of fine-tuning time to save, in (0, 1)"),
+    ("0.99", "--target-saving 0.99: unreachable on this machine; the most pruning in the grid (heads 0.5, FFN 0.7)"),
+])
+def test_sweep_target_saving_out_of_reach_exits_2_naming_the_flag(value, message, tiny_encoder, glue_dir, tmp_path,
+                                                                  capsys):
+    flags = ["--heads", "1,0.5", "--ffn-ratio", "0.4,0.7", "--target-saving", value]
+    assert main([*cli_args(tiny_encoder, glue_dir, tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("earlybert: error: ") and message in err

@@ -321,13 +321,18 @@ def cmd_sweep(args) -> int:
     if args.head_ratio is not None or args.head_count is not None:
         raise CliError("sweep takes the heads to prune from --heads (counts or fractions), "
                        "not --head-ratio / --head-count")
+    from .target import TargetError, reaching
+
     flags = {"heads": "--heads", "ffn_ratios": "--ffn-ratio", "seeds": "--seeds"}
     try:
         grid = {axis: parse_values(getattr(args, axis), axis) for axis in flags}
+        select = None if args.target_saving is None else reaching(args.target_saving)
         results = sweep(finetune_config(args, "earlybert"), grid["heads"], grid["ffn_ratios"], grid["seeds"],
-                        args.resume, args.overwrite)
+                        args.resume, args.overwrite, select=select)
     except GridError as e:
         raise CliError(e.naming(flags[e.axis])) from None
+    except TargetError as e:
+        raise CliError(str(e)) from None
     root = Path(args.output)
     say(f"report: {root / 'report.md'}; figure: {root / FIGURE}\n\n{sweep_table(results)}")
     return 0
@@ -404,6 +409,7 @@ def _add_sweep_parser(sub) -> None:
                    help="fractions of FFN neurons pruned, comma-separated (%(default)s)")
     p.add_argument("--seeds", default=str(_defaults(FinetuneConfig)["seed"]),
                    help="comma-separated seeds (%(default)s)")
+    _add_target_flag(p, "only the grid points predicted to reach F are trained (decided after the first search)")
     p.set_defaults(func=cmd_sweep, ffn_ratio=TicketConfig.ffn_ratio)
 
 
@@ -424,10 +430,10 @@ def _finetune_to_target(args) -> int:
     return 0
 
 
-def _add_target_flag(p) -> None:
-    p.add_argument("--target-saving", type=float, metavar="F", help="save this fraction of full fine-tuning's time: "
-                   "one search, then the heads and FFN ratio predicted to reach F with the least pruning are picked "
-                   "(OUT/search, OUT/run, OUT/report.md)")
+def _add_target_flag(p, what: str = "one search, then the heads and FFN ratio predicted to reach F with the least "
+                     "pruning are picked (OUT/search, OUT/run, OUT/report.md)") -> None:
+    p.add_argument("--target-saving", type=float, metavar="F", help=f"save this fraction of full fine-tuning's time: "
+                   f"{what}")
 
 
 def cmd_ablate(args) -> int:

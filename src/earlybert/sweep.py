@@ -137,12 +137,15 @@ def _run_once(run: Callable[..., dict], config: FinetuneConfig) -> dict:
 
 
 def sweep(base: FinetuneConfig, heads: Sequence[int | float] = HEADS, ffn_ratios: Sequence[float] = FFN_RATIOS,
-          seeds: Sequence[int] | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+          seeds: Sequence[int] | None = None, resume: bool = False, overwrite: bool = False,
+          select: Callable | None = None) -> dict:
     """The trade-off sweep into `base.output` (see the module's docstring); returns results.json's content.
 
     `base` holds everything the runs share (data, model, epochs, learning rates, search settings; its `ticket`
     is what the search's early-bird rule watches, and its FFN scope, rounding and minimums apply to every point);
-    `seeds` default to `base.seed`. Bad grid values raise GridError before anything is written."""
+    `seeds` default to `base.seed`. Bad grid values raise GridError before anything is written. `select(base, grid,
+    search results, search folder) -> (points kept, what to report)`, called once after the first seed's search,
+    narrows the grid (target.reaching: the points predicted to save a target); its `settings` join config.json."""
     seeds = [base.seed] if seeds is None else list(seeds)
     _check_values("seeds", seeds, (int,))
     if base.search_from:
@@ -154,7 +157,8 @@ def sweep(base: FinetuneConfig, heads: Sequence[int | float] = HEADS, ffn_ratios
 
     root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process)
     settings = {**{k: v for k, v in base.to_dict().items() if k not in ("method", "seed")},
-                "heads": list(heads), "ffn_ratios": list(ffn_ratios), "seeds": seeds}
+                "heads": list(heads), "ffn_ratios": list(ffn_ratios), "seeds": seeds,
+                **(getattr(select, "settings", {}) if select else {})}
     finished = root.check_resume(settings) if resume else None
     if finished is not None:
         return finished
@@ -163,7 +167,9 @@ def sweep(base: FinetuneConfig, heads: Sequence[int | float] = HEADS, ffn_ratios
     clock = WallClock(root).begin()
     for seed in seeds:
         own = replace(base, method="earlybert", seed=seed)
-        _run_once(search_only, replace(own, output=str(root.path / f"search-seed{seed}")))
+        search = _run_once(search_only, replace(own, output=str(root.path / f"search-seed{seed}")))
+        if select is not None and seed == seeds[0]:
+            grid = _selected(root, select, own, grid, search, root.path / f"search-seed{seed}")
         _run_once(finetune, replace(own, method="full", output=str(root.path / f"full-seed{seed}")))
         _write_report(root, summarise(root.path, grid, seeds))
         for i, point in enumerate(grid, start=1):
@@ -172,10 +178,26 @@ def sweep(base: FinetuneConfig, heads: Sequence[int | float] = HEADS, ffn_ratios
             _run_once(finetune, replace(own, output=str(root.path / f"{point.name}-seed{seed}"),
                                         ticket=point.ticket_config(base.ticket), search_from=f"../search-seed{seed}"))
             _write_report(root, summarise(root.path, grid, seeds))
-    results = {**summarise(root.path, grid, seeds), "wall_time_s": clock.stop()}
+    selection = root.read_json(SELECTION) if select else None
+    results = {**summarise(root.path, grid, seeds), **({"selection": selection} if selection else {}),
+               "wall_time_s": clock.stop()}
     _write_report(root, results)
     root.write_json("results.json", results)  # last: its presence marks the sweep finished (check_resume)
     return results
+
+
+SELECTION = "selection.json"  # what `select` kept and why: kept, so that a resume sweeps the same points
+
+
+def _selected(root: RunFolder, select: Callable, base: FinetuneConfig, grid: list[GridPoint], search: dict,
+              folder: Path) -> list[GridPoint]:
+    """The points `select` keeps, decided once (a timing may decide them) and read back on a resume."""
+    chosen = root.read_json(SELECTION)
+    if chosen is None:
+        kept, why = select(base, grid, search, folder)
+        chosen = {"kept": [{"heads": p.heads, "ffn_ratio": p.ffn_ratio} for p in kept], **why}
+        root.write_json(SELECTION, chosen)
+    return [GridPoint(p["heads"], p["ffn_ratio"]) for p in chosen["kept"]]
 
 
 def _spread(values: list[float]) -> float | None:
@@ -257,6 +279,12 @@ def _write_report(root: RunFolder, results: dict) -> None:
             "the per-step protocol (forward, backward, optimizer; data loading excluded). The points share one search "
             f"per seed ({searches}), and each point is charged all of it, as a single EarlyBERT run is. "
             "`*`: on the Pareto frontier of score and time saved (the full baseline included).")
+    selection = root.read_json(SELECTION)
+    if selection is not None:
+        note += (f"\n\nOnly the points predicted to save at least {selection['target']:.0%} of full fine-tuning's time "
+                 f"(--target-saving): {len(selection['kept'])} of {len(selection['rows'])}; a slim step predicted as "
+                 f"the full step x (a + (1 - a) x its linear-FLOP ratio), a = {selection['overhead_share']:.3f} from the "
+                 "slim / full step-time ratio measured on the most pruned point.")
     figure = f"![score against measured time saved, full baseline as a line, Pareto frontier marked]({FIGURE})"
     atomic_write_text(root.path / "report.md", f"# Trade-off sweep on {results['data']}\n\n{progress}"
                                                f"{sweep_table(results)}\n{note}\n\n{figure}\n")

@@ -27,6 +27,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from .finetune import finetune, search_only
 from .sweep import GridPoint, _run_once
@@ -135,38 +136,67 @@ def check_reachable(base, target: float) -> None:
                           f"({base.earlybert_epochs:g} slim epochs against {base.epochs:g})")
 
 
-def pick(base, target: float, search: dict, search_folder: Path) -> dict:
-    """target.json's content: every candidate's FLOP ratio and predicted savings, the calibration, the pick."""
-    from .archs import config_layer_shapes
+def predict(base, search: dict, search_folder: Path, points: list[GridPoint]) -> dict:
+    """Every point's FLOP ratio and predicted savings (time and FLOPs) after the search in `search_folder`, the
+    time model calibrated on the most pruned of `points`: {"rows", "overhead_share", "calibrated_on", ...}."""
     from .finetune import COEFFICIENTS, load_coefficients
     from .tasks import prepare_task
 
     task_info = prepare_task(base)
     coefficients = load_coefficients(search_folder / COEFFICIENTS)
     full_steps, slim_steps = _steps(base, task_info)
-    points = candidates(config_layer_shapes(task_info.model_config)[0])
     flop_ratios, _ = _slim_flop_ratios(base, task_info, coefficients, points)
     stage = search["stage"]
     rows = [{"heads": p.heads, "ffn_ratio": p.ffn_ratio, "flop_ratio": r,
              "predicted_saving_flops": expected_saving(stage["steps"], 1.0, full_steps, slim_steps, r)}
             for p, r in zip(points, flop_ratios)]
-    most = min(rows, key=lambda r: r["flop_ratio"])
-    calibration = _calibrate(base, task_info, coefficients, GridPoint(most["heads"], most["ffn_ratio"]))
-    a = overhead_share(most["flop_ratio"], calibration["ratio"])
+    most = min(range(len(points)), key=lambda i: flop_ratios[i])
+    calibration = _calibrate(base, task_info, coefficients, points[most])
+    a = overhead_share(flop_ratios[most], calibration["ratio"])
     for r in rows:
         r["predicted_saving"] = expected_saving(stage["step_time_s"], calibration["full_mean_step_s"], full_steps,
                                                 slim_steps, a + (1 - a) * r["flop_ratio"])
+    return {"rows": rows, "overhead_share": a,
+            "calibrated_on": {"heads": points[most].heads, "ffn_ratio": points[most].ffn_ratio, **calibration},
+            "search": {k: stage[k] for k in ("steps", "step_time_s")}, "full_steps": full_steps,
+            "slim_steps": slim_steps}
+
+
+def _unreachable(target: float, prediction: dict) -> TargetError:
+    most, best = prediction["calibrated_on"], max(r["predicted_saving"] for r in prediction["rows"])
+    return TargetError(f"{FLAG} {target:g}: unreachable on this machine; the most pruning in the grid "
+                       f"(heads {most['heads']}, FFN {most['ffn_ratio']:g}) is predicted to save {best:.1%}")
+
+
+def pick(base, target: float, search: dict, search_folder: Path) -> dict:
+    """target.json's content: every candidate's FLOP ratio and predicted savings, the calibration, the pick."""
+    from .archs import config_layer_shapes
+    from .tasks import load_model_config
+
+    num_heads = config_layer_shapes(load_model_config(base.model))[0]
+    prediction = predict(base, search, search_folder, candidates(num_heads))
+    rows = prediction.pop("rows")
     chosen = _least_pruned(rows, "predicted_saving", target)
     if chosen is None:
-        best = max(r["predicted_saving"] for r in rows)
-        raise TargetError(f"{FLAG} {target:g}: unreachable on this machine; the most pruning in the grid "
-                          f"(heads {most['heads']}, FFN {most['ffn_ratio']:g}) is predicted to save {best:.1%}")
+        raise _unreachable(target, {"rows": rows, **prediction})
     return {"target": target, "picked": {k: chosen[k] for k in ("heads", "ffn_ratio")},
             "predicted_saving": chosen["predicted_saving"], "predicted_saving_flops": chosen["predicted_saving_flops"],
-            "flop_ratio": chosen["flop_ratio"], "overhead_share": a,
-            "calibrated_on": {"heads": most["heads"], "ffn_ratio": most["ffn_ratio"], **calibration},
-            "search": {k: stage[k] for k in ("steps", "step_time_s")}, "full_steps": full_steps,
-            "slim_steps": slim_steps, "candidates": rows}
+            "flop_ratio": chosen["flop_ratio"], **prediction, "candidates": rows}
+
+
+def reaching(target: float) -> Callable:
+    """A sweep's `select` (see sweep.sweep): of the grid, the points predicted to save at least `target`."""
+    _check_target(target)
+
+    def select(base, grid: list[GridPoint], search: dict, search_folder: Path) -> tuple[list[GridPoint], dict]:
+        prediction = predict(base, search, search_folder, grid)
+        kept = [p for p, row in zip(grid, prediction["rows"]) if row["predicted_saving"] >= target]
+        if not kept:
+            raise _unreachable(target, prediction)
+        return kept, {"target": target, **prediction}
+
+    select.settings = {"target_saving": target}  # in the sweep's config.json: a resume must repeat it
+    return select
 
 
 def finetune_to_target(base, target: float, resume: bool = False, overwrite: bool = False) -> dict:
