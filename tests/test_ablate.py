@@ -106,7 +106,8 @@ def test_epochs_by_lr_scale_share_one_search(tiny_encoder, glue_dir, tmp_path):
 
 
 def test_the_command_runs_the_epochs_ablation_and_names_bad_flags(tiny_encoder, glue_dir, tmp_path, capsys):
-    args = ["ablate", "epochs", *cli_args(tiny_encoder, glue_dir, tmp_path / "cli")[2:], "--search-epoch-fraction", "0.5"]
+    args = ["ablate", "epochs", *cli_args(tiny_encoder, glue_dir, tmp_path / "cli")[2:],
+            "--search-epoch-fraction", "0.5"]
     assert main([*args, "--slim-epochs", "0.5", "--lr-scales", "1,2"]) == 0
     assert [(p["slim_epochs"], p["lr_scale"]) for p in read(tmp_path / "cli" / "results.json")["points"]] == \
         [(0.5, 1), (0.5, 2)]
@@ -114,3 +115,29 @@ def test_the_command_runs_the_epochs_ablation_and_names_bad_flags(tiny_encoder, 
     args[args.index("--output") + 1] = str(tmp_path / "never")
     assert main([*args, "--lr-scales", "1,1"]) == 2
     assert "earlybert: error: --lr-scales 1: is given twice" in capsys.readouterr().err
+
+
+def test_scope_cuts_one_search_and_lambda_runs_one_search_each(tiny_encoder, glue_dir, tmp_path):
+    from earlybert.ablate import ablate_lambda, ablate_scope
+
+    out = tmp_path / "scope"
+    results = ablate_scope(config(tiny_encoder, glue_dir, out, search_epoch_fraction=0.5))
+    heads, ffn, step = load_coefficients(out / "search" / COEFFICIENTS)
+    for p in results["points"]:
+        expected = eb.draw_ticket(heads, ffn, eb.TicketConfig(ffn_scope=p["scope"]), step=step)
+        assert eb.Ticket.load(out / f"scope{p['scope']}" / "ticket.json").ffn == expected.ffn
+    assert [p["scope"] for p in results["points"]] == ["global", "layer"]
+    assert "| scope | accuracy |" in (out / "report.md").read_text()
+    out = tmp_path / "lambda"
+    results = ablate_lambda(config(tiny_encoder, glue_dir, out, search_epoch_fraction=0.5), [1e-4, 0.0])
+    assert [read(out / f"lambda{v:g}" / "config.json")["gates"]["head_l1"] for v in (1e-4, 0.0)] == [1e-4, 0.0]
+    assert not (out / "search").exists() and [p["lambda"] for p in results["points"]] == [1e-4, 0.0]
+    with pytest.raises(GridError, match="lambdas -1: must be >= 0"):
+        ablate_lambda(config(tiny_encoder, glue_dir, tmp_path / "never"), [-1])
+
+
+def test_bad_lambdas_exit_2_naming_the_flag(tiny_encoder, glue_dir, tmp_path, capsys):
+    args = ["ablate", "lambda", *cli_args(tiny_encoder, glue_dir, tmp_path / "never")[2:]]
+    assert main([*args, "--lambdas", "1e-4,-1"]) == 2
+    assert "earlybert: error: --lambdas -1: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -1,4 +1,6 @@
-"""Ablations from one search (the paper's Fig. 3): when to stop the search.
+"""The paper's ablations, one function each (`earlybert ablate stop|epochs|lambda|scope`), each writing results.json
+and a report.md table: when to stop the search (Fig. 3), slim epochs x learning-rate scale (Fig. 2), the L1
+coefficient and FFN pruning across or within layers (Table 3). All but lambda share one search.
 
 `ablate_stop(base, stop_at)`: ONE search runs to the largest stop time (a fraction of the first epoch) with the
 early-bird rule off, pausing at each smaller stop time to keep the gates' coefficients of that step; each stop time
@@ -18,6 +20,9 @@ learning rate recover the score? Every point is charged the whole search.
 
     ABL/search/                the search
     ABL/epochs<e>-lr<s>/       one point's earlybert run (search_from ../search)
+
+`ablate_lambda(base, lambdas)`: a whole earlybert run per L1 coefficient (ABL/lambda<v>/); `ablate_scope(base)`: one
+search, its coefficients cut with FFN neurons pruned globally and within each layer (ABL/scope<global|layer>/).
 """
 
 from __future__ import annotations
@@ -198,3 +203,56 @@ def ablate_epochs(base: FinetuneConfig, slim_epochs: Sequence[float] = SLIM_EPOC
         atomic_write_text(root.path / "report.md", epochs_table(results))
     root.write_json("results.json", results)  # last: its presence marks the ablation finished
     return results
+
+
+LAMBDAS = (1e-5, 1e-4, 1e-3)  # Table 3: the L1 coefficient of the gates' penalty (paper: 1e-4), heads and FFN alike
+SCOPES = ("global", "layer")  # Table 3: FFN neurons pruned across all layers (the paper's) or within each layer
+
+
+def _ablate_runs(base: FinetuneConfig, ablation: str, axes: dict, points: list[tuple[dict, FinetuneConfig]],
+                 resume: bool, overwrite: bool, shared_search: bool) -> dict:
+    """One earlybert run per (label, config) into `base.output`/<name>, after one shared search when
+    `shared_search` (each run then draws from its coefficients); results.json and report.md (report.ablation_table)."""
+    from .report import ablation_table
+
+    if base.method != "earlybert" or base.search_from:
+        raise ValueError(f"the {ablation} ablation runs its own search: method earlybert, no search_from")
+    root = _open(base, axes, resume, overwrite)
+    if isinstance(root, dict):
+        return root
+    clock = WallClock(root).begin()
+    if shared_search:
+        _run_once(search_only, replace(base, output=str(root.path / "search")))
+    rows = []
+    for label, config in points:
+        name = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in label.items())
+        config = replace(config, output=str(root.path / name), search_from="../search" if shared_search else None)
+        run = _run_once(finetune, config)
+        rows.append({**label, "search_steps": run["stages"]["search"]["steps"],
+                     "stop_reason": run["stages"]["search"]["stop_reason"], **_point(run)})
+    results = {"ablation": ablation, "task": run["task"], "headline_metric": run["headline_metric"],
+               "seed": base.seed, "points": rows, "wall_time_s": clock.stop()}
+    if root.is_main:
+        atomic_write_text(root.path / "report.md", ablation_table(results, list(points[0][0])))
+    root.write_json("results.json", results)  # last: its presence marks the ablation finished
+    return results
+
+
+def ablate_lambda(base: FinetuneConfig, lambdas: Sequence[float] = LAMBDAS, resume: bool = False,
+                  overwrite: bool = False) -> dict:
+    """The L1 coefficient ablation (Table 3): a whole earlybert run (its own search) per lambda, heads and FFN
+    alike. The penalty shapes the search itself, so no search is shared."""
+    _check_values("lambdas", lambdas)
+    for value in lambdas:
+        if value < 0:
+            raise GridError("lambdas", value, "must be >= 0")
+    points = [({"lambda": float(v)}, replace(base, gates=replace(base.gates, head_l1=float(v), ffn_l1=float(v))))
+              for v in lambdas]
+    return _ablate_runs(base, "lambda", {"lambdas": list(lambdas)}, points, resume, overwrite, shared_search=False)
+
+
+def ablate_scope(base: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """FFN pruning across all layers against within each layer (Table 3), at `base.ticket`'s ratios: two cuts of
+    one search's coefficients, a slim training each."""
+    points = [({"scope": scope}, replace(base, ticket=replace(base.ticket, ffn_scope=scope))) for scope in SCOPES]
+    return _ablate_runs(base, "scope", {"scopes": list(SCOPES)}, points, resume, overwrite, shared_search=True)

@@ -437,34 +437,40 @@ def _add_target_flag(p, what: str = "one search, then the heads and FFN ratio pr
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import ablate_epochs, ablate_stop
-    from .report import epochs_table, stop_table
+    from .ablate import ablate_epochs, ablate_lambda, ablate_scope, ablate_stop
     from .sweep import GridError, parse_values
 
-    flags = {"stop_at": "--stop-at", "slim_epochs": "--slim-epochs", "lr_scales": "--lr-scales"}
-    base = finetune_config(args, "earlybert")
+    flags = {"stop_at": "--stop-at", "slim_epochs": "--slim-epochs", "lr_scales": "--lr-scales",
+             "lambdas": "--lambdas"}
+    base, again = finetune_config(args, "earlybert"), (args.resume, args.overwrite)
     try:
         if args.ablation == "stop":
-            results = ablate_stop(base, parse_values(args.stop_at, "stop_at"), args.resume, args.overwrite)
+            ablate_stop(base, parse_values(args.stop_at, "stop_at"), *again)
+        elif args.ablation == "epochs":
+            ablate_epochs(base, parse_values(args.slim_epochs, "slim_epochs"), parse_values(args.lr_scales,
+                                                                                              "lr_scales"), *again)
+        elif args.ablation == "lambda":
+            ablate_lambda(base, parse_values(args.lambdas, "lambdas"), *again)
         else:
-            results = ablate_epochs(base, parse_values(args.slim_epochs, "slim_epochs"),
-                                    parse_values(args.lr_scales, "lr_scales"), args.resume, args.overwrite)
+            ablate_scope(base, *again)
     except GridError as e:
         raise CliError(e.naming(flags[e.axis])) from None
-    table = stop_table(results) if args.ablation == "stop" else epochs_table(results)
-    say(f"report: {Path(args.output) / 'report.md'}\n\n{table}")
+    report = Path(args.output) / "report.md"
+    say(f"report: {report}\n\n{report.read_text()}")
     return 0
 
 
 def _add_ablate_parser(sub) -> None:
-    from .ablate import LR_SCALES, SLIM_EPOCHS, STOP_AT
+    from .ablate import LAMBDAS, LR_SCALES, SLIM_EPOCHS, STOP_AT
     from .finetune import FinetuneConfig
 
-    p = sub.add_parser("ablate", help="an ablation from one search: stop (when to stop the search, paper Fig. 3) or "
-                       "epochs (slim epochs x learning-rate scale, Fig. 2)")
-    p.add_argument("ablation", choices=("stop", "epochs"), help="stop: one search run to the latest --stop-at with "
-                   "the early-bird rule off, a ticket from the coefficients of each stop step, a slim training per "
-                   "ticket; epochs: one search, a slim training per --slim-epochs x --lr-scales")
+    p = sub.add_parser("ablate", help="an ablation: stop (when to stop the search, paper Fig. 3), epochs (slim "
+                       "epochs x learning-rate scale, Fig. 2), lambda or scope (Table 3)")
+    p.add_argument("ablation", choices=("stop", "epochs", "lambda", "scope"), help="stop: one search run to the "
+                   "latest --stop-at with the early-bird rule off, a ticket from the coefficients of each stop step, "
+                   "a slim training per ticket; epochs: one search, a slim training per --slim-epochs x --lr-scales; "
+                   "lambda: an earlybert run per --lambdas (its own search); scope: one search, FFN pruned globally "
+                   "and layer-wise")
     _add_finetune_args(p)
     p.add_argument("--stop-at", default=",".join(map(str, STOP_AT)),
                    help="search stop times, fractions of the first epoch, comma-separated (%(default)s)")
@@ -472,6 +478,8 @@ def _add_ablate_parser(sub) -> None:
                    help="epochs: slim-training epochs, comma-separated (%(default)s)")
     p.add_argument("--lr-scales", default=",".join(f"{s:g}" for s in LR_SCALES),
                    help="epochs: slim learning-rate multipliers of --lr, comma-separated (%(default)s)")
+    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in LAMBDAS),
+                   help="lambda: L1 coefficients of the gates' penalty, heads and FFN alike (%(default)s)")
     p.add_argument("--seed", type=int, default=_defaults(FinetuneConfig)["seed"], help="(%(default)s)")
     p.set_defaults(func=cmd_ablate)
 

@@ -401,3 +401,18 @@ def epochs_table(results: dict) -> str:
     note = ("One search, its ticket at the run's ratios; every cell a slim training from it, charged the whole search. "
             "Time saved: against the full baseline estimated from each run's paired slim / full step-time ratio.")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def ablation_table(results: dict, keys: list[str]) -> str:
+    """report.md of a lambda or FFN-scope ablation (paper Table 3): one row per run."""
+    lines = [f"# Ablation ({results['ablation']}): {results['task']}, seed {results['seed']}", "",
+             "| " + " | ".join(keys) + f" | {results['headline_metric']} | search steps (stop) | kept heads | kept FFN "
+             "| time saved (estimated) |", "|---" * (len(keys) + 5) + "|"]
+    for p in results["points"]:
+        saved = p["time_saved_estimated"]
+        lines.append("| " + " | ".join(f"{p[k]:g}" if isinstance(p[k], float) else str(p[k]) for k in keys) +
+                     f" | {p['score']:.2f} | {p['search_steps']} ({p['stop_reason']}) | {sum(p['ticket']['kept_heads'])}"
+                     f" | {sum(p['ticket']['kept_ffn'])} | {_fmt(saved and 100 * saved, '.1f')}% |")
+    note = ("Time saved: against the full baseline estimated from each run's paired slim / full step-time ratio, "
+            "the search included.")
+    return "\n".join(lines) + "\n\n" + note + "\n"

@@ -283,8 +283,8 @@ def _write_report(root: RunFolder, results: dict) -> None:
     if selection is not None:
         note += (f"\n\nOnly the points predicted to save at least {selection['target']:.0%} of full fine-tuning's time "
                  f"(--target-saving): {len(selection['kept'])} of {len(selection['rows'])}; a slim step predicted as "
-                 f"the full step x (a + (1 - a) x its linear-FLOP ratio), a = {selection['overhead_share']:.3f} from the "
-                 "slim / full step-time ratio measured on the most pruned point.")
+                 f"the full step x (a + (1 - a) x its linear-FLOP ratio), a = {selection['overhead_share']:.3f} "
+                 "from the slim / full step-time ratio measured on the most pruned point.")
     figure = f"![score against measured time saved, full baseline as a line, Pareto frontier marked]({FIGURE})"
     atomic_write_text(root.path / "report.md", f"# Trade-off sweep on {results['data']}\n\n{progress}"
                                                f"{sweep_table(results)}\n{note}\n\n{figure}\n")
