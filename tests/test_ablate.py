@@ -44,6 +44,7 @@ def test_stop_time_tickets_are_cuts_of_the_coefficients_of_their_steps(tiny_enco
     assert read(out / "results.json") == json.loads(json.dumps(results))
     report = (out / "report.md").read_text()
     assert "| 25% of epoch 1 | 2 |" in report and "| 100% of epoch 1 | 8 |" in report
+    assert "ablation.png" in report and (out / "ablation.png").stat().st_size > 0
     # pausing is exact: the coefficients at step 4 are those of a search that ran 4 steps without a pause
     alone = tmp_path / "alone"
     search_only(config(tiny_encoder, glue_dir, alone, epsilon=0.0, search_max_steps=4, search_epoch_fraction=0.5))
@@ -100,7 +101,7 @@ def test_epochs_by_lr_scale_share_one_search(tiny_encoder, glue_dir, tmp_path):
             (p["slim_epochs"], p["lr_scale"], "../search")
         assert eb.Ticket.load(run_dir / "ticket.json").ffn == searched.ffn  # one ticket, the search's own
         assert read(run_dir / "results.json")["stages"]["train"]["steps"] == 8 * p["slim_epochs"]
-    assert "| 0.5 | " in (out / "report.md").read_text()
+    assert "| 0.5 | " in (out / "report.md").read_text() and (out / "ablation.png").exists()
     with pytest.raises(GridError, match="lr_scales 0: must be > 0"):
         ablate_epochs(config(tiny_encoder, glue_dir, tmp_path / "never"), [1], [0])
 
@@ -127,7 +128,7 @@ def test_scope_cuts_one_search_and_lambda_runs_one_search_each(tiny_encoder, glu
         expected = eb.draw_ticket(heads, ffn, eb.TicketConfig(ffn_scope=p["scope"]), step=step)
         assert eb.Ticket.load(out / f"scope{p['scope']}" / "ticket.json").ffn == expected.ffn
     assert [p["scope"] for p in results["points"]] == ["global", "layer"]
-    assert "| scope | accuracy |" in (out / "report.md").read_text()
+    assert "| scope | accuracy |" in (out / "report.md").read_text() and (out / "ablation.png").exists()
     out = tmp_path / "lambda"
     results = ablate_lambda(config(tiny_encoder, glue_dir, out, search_epoch_fraction=0.5), [1e-4, 0.0])
     assert [read(out / f"lambda{v:g}" / "config.json")["gates"]["head_l1"] for v in (1e-4, 0.0)] == [1e-4, 0.0]

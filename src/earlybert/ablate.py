@@ -12,7 +12,8 @@ there would have been.
     ABL/search/                the one search: coefficients-step<N>.safetensors at every stop step
     ABL/search-stop<f>/        the search as stopped at f: its coefficients, search.json and masks up to that step
     ABL/stop<f>/               the slim training from that ticket
-    ABL/report.md, results.json   the table (stop time, steps, score, time saved), results.json written last
+    ABL/report.md, ablation.png, results.json   the table (stop time, steps, score, time saved), the figure
+                               (score against stop time); results.json written last
 
 `ablate_epochs(base, slim_epochs, lr_scales)` (the paper's Fig. 2): one search (`finetune.search_only`), its ticket
 at `base.ticket`'s ratios, and a slim training per (slim epochs, learning-rate scale): can fewer epochs at a larger
@@ -39,6 +40,7 @@ from .runs import RunFolder, WallClock, atomic_write_text
 from .sweep import GridError, _check_values, _run_once
 from .train import Paused, StageResult, StepBudget
 
+FIGURE = "ablation.png"  # next to an ablation's report.md
 STOP_AT = (0.01, 0.05, 0.1, 0.2, 0.4, 1.0)  # Fig. 3: search stop times as fractions of the first epoch
 SLIM_EPOCHS, LR_SCALES = (1.0, 2.0, 3.0), (1.0, 2.0, 3.0, 4.0)  # Fig. 2: the paper picks 2 epochs at 2x (4e-5)
 
@@ -140,7 +142,7 @@ def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume
                 overwrite: bool = False) -> dict:
     """The stop-time ablation into `base.output` (see the module's docstring); returns results.json's content.
     Bad stop times raise GridError (axis "stop_at") before anything is written."""
-    from .report import stop_table
+    from .report import plot_ablation, stop_table
     from .tasks import prepare_task
     from .train import steps_per_epoch
 
@@ -168,7 +170,8 @@ def ablate_stop(base: FinetuneConfig, stop_at: Sequence[float] = STOP_AT, resume
                "seed": base.seed,
                "points": points, "wall_time_s": clock.stop()}
     if root.is_main:
-        atomic_write_text(root.path / "report.md", stop_table(results))
+        atomic_write_text(root.path / "report.md", stop_table(results) + f"\n![score against stop time]({FIGURE})\n")
+        plot_ablation(results, "stop_at", root.path / FIGURE, log_x=True)
     root.write_json("results.json", results)  # last: its presence marks the ablation finished
     return results
 
@@ -177,7 +180,7 @@ def ablate_epochs(base: FinetuneConfig, slim_epochs: Sequence[float] = SLIM_EPOC
                   lr_scales: Sequence[float] = LR_SCALES, resume: bool = False, overwrite: bool = False) -> dict:
     """The slim epochs x learning-rate scale ablation into `base.output` (see the module's docstring); returns
     results.json's content. Bad values raise GridError (axes "slim_epochs", "lr_scales") before anything is written."""
-    from .report import epochs_table
+    from .report import epochs_table, plot_ablation
 
     if base.method != "earlybert" or base.search_from:
         raise ValueError("the epochs ablation runs its own search: method earlybert, no search_from")
@@ -200,7 +203,8 @@ def ablate_epochs(base: FinetuneConfig, slim_epochs: Sequence[float] = SLIM_EPOC
     results = {"ablation": "epochs", "task": run["task"], "headline_metric": run["headline_metric"],
                "seed": base.seed, "full_epochs": base.epochs, "points": points, "wall_time_s": clock.stop()}
     if root.is_main:
-        atomic_write_text(root.path / "report.md", epochs_table(results))
+        atomic_write_text(root.path / "report.md", epochs_table(results) + f"\n![score per cell]({FIGURE})\n")
+        plot_ablation(results, "slim_epochs", root.path / FIGURE, series="lr_scale")
     root.write_json("results.json", results)  # last: its presence marks the ablation finished
     return results
 
@@ -213,7 +217,7 @@ def _ablate_runs(base: FinetuneConfig, ablation: str, axes: dict, points: list[t
                  resume: bool, overwrite: bool, shared_search: bool) -> dict:
     """One earlybert run per (label, config) into `base.output`/<name>, after one shared search when
     `shared_search` (each run then draws from its coefficients); results.json and report.md (report.ablation_table)."""
-    from .report import ablation_table
+    from .report import ablation_table, plot_ablation
 
     if base.method != "earlybert" or base.search_from:
         raise ValueError(f"the {ablation} ablation runs its own search: method earlybert, no search_from")
@@ -233,7 +237,9 @@ def _ablate_runs(base: FinetuneConfig, ablation: str, axes: dict, points: list[t
     results = {"ablation": ablation, "task": run["task"], "headline_metric": run["headline_metric"],
                "seed": base.seed, "points": rows, "wall_time_s": clock.stop()}
     if root.is_main:
-        atomic_write_text(root.path / "report.md", ablation_table(results, list(points[0][0])))
+        key = next(iter(points[0][0]))
+        atomic_write_text(root.path / "report.md", ablation_table(results, [key]) + f"\n![score per {key}]({FIGURE})\n")
+        plot_ablation(results, key, root.path / FIGURE, log_x=key == "lambda")
     root.write_json("results.json", results)  # last: its presence marks the ablation finished
     return results
 

@@ -320,10 +320,12 @@ def target_report(results: dict, candidates: list[dict]) -> str:
     picked, cal = results["picked"], results["calibrated_on"]
     lines = [f"# Fine-tuning to a target saving on {results['task']}", "",
              f"Target: save {results['target']:.1%} of full fine-tuning's time. Picked: {_heads_label(picked['heads'])}"
-             f" pruned per layer, {picked['ffn_ratio']:.0%} of FFN neurons pruned (slim linear FLOPs {results['flop_ratio']:.1%} of "
+             f" pruned per layer, {picked['ffn_ratio']:.0%} of FFN neurons pruned (slim linear FLOPs "
+             f"{results['flop_ratio']:.1%} of "
              "the full model's): the candidate predicted to reach the target with the least pruning.", "",
              "| target | predicted (time) | predicted (FLOPs) | measured |", "|---|---|---|---|",
-             f"| {results['target']:.1%} | {results['predicted_saving']:.1%} | {results['predicted_saving_flops']:.1%} | "
+             f"| {results['target']:.1%} | {results['predicted_saving']:.1%} | "
+             f"{results['predicted_saving_flops']:.1%} | "
              f"{_fmt(results['measured_saving'] and 100 * results['measured_saving'], '.1f')}% |", "",
              f"{results['headline_metric']}: {results['score']:.2f}.", "",
              "Predicted saving: 1 - (search cost + slim steps x slim step) / (full steps x full step); "
@@ -333,7 +335,8 @@ def target_report(results: dict, candidates: list[dict]) -> str:
              f"{cal['ratio']:.3f} measured on the most pruned candidate ({_heads_label(cal['heads'])}, "
              f"{cal['ffn_ratio']:.0%} FFN). Measured: the run's own step time (search included) against the full "
              "baseline's estimated from its paired step-time ratio.", "",
-             "| heads pruned | FFN pruned | FLOP ratio | predicted (time) | predicted (FLOPs) |", "|---|---|---|---|---|"]
+             "| heads pruned | FFN pruned | FLOP ratio | predicted (time) | predicted (FLOPs) |",
+             "|---|---|---|---|---|"]
     for row in candidates:
         mark = " **picked**" if (row["heads"], row["ffn_ratio"]) == (picked["heads"], picked["ffn_ratio"]) else ""
         lines.append(f"| {row['heads']} | {row['ffn_ratio']:.0%} | {row['flop_ratio']:.3f} | "
@@ -411,8 +414,28 @@ def ablation_table(results: dict, keys: list[str]) -> str:
     for p in results["points"]:
         saved = p["time_saved_estimated"]
         lines.append("| " + " | ".join(f"{p[k]:g}" if isinstance(p[k], float) else str(p[k]) for k in keys) +
-                     f" | {p['score']:.2f} | {p['search_steps']} ({p['stop_reason']}) | {sum(p['ticket']['kept_heads'])}"
+                     f" | {p['score']:.2f} | {p['search_steps']} ({p['stop_reason']}) | "
+                     f"{sum(p['ticket']['kept_heads'])}"
                      f" | {sum(p['ticket']['kept_ffn'])} | {_fmt(saved and 100 * saved, '.1f')}% |")
     note = ("Time saved: against the full baseline estimated from each run's paired slim / full step-time ratio, "
             "the search included.")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def plot_ablation(results: dict, x: str, path: Path, series: str | None = None, log_x: bool = False) -> None:
+    """Score against the ablated setting `x`, one line per value of `series` (the epochs ablation: per lr scale)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    groups = list(dict.fromkeys(p[series] for p in results["points"])) if series else [None]
+    for group in groups:
+        points = [p for p in results["points"] if series is None or p[series] == group]
+        xs = [p[x] if isinstance(p[x], (int, float)) else str(p[x]) for p in points]
+        ax.plot(xs, [p["score"] for p in points], marker="o", label=None if series is None else f"{series} {group:g}")
+    if log_x and all(isinstance(p[x], (int, float)) and p[x] > 0 for p in results["points"]):
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(results["headline_metric"])
+    ax.set_title(f"{results['task']}: ablation ({results['ablation']}), seed {results['seed']}")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    _save(fig, path)
