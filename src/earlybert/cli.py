@@ -6,6 +6,8 @@
     earlybert finetune --model M --task sst2 --data DIR --output RUN [--method full|earlybert|random|layerdrop]
     earlybert compare  --model M --task sst2 --data DIR --output DIR --methods full,earlybert --seeds 1,2,3
     earlybert sweep    --model M --task sst2 --data DIR --output DIR --heads 3,4,5,6 --ffn-ratio 0.3,0.4,0.5
+    earlybert finetune ... --target-saving 0.4              # the heads and FFN ratio predicted to save 40% of the time
+    earlybert ablate stop|epochs|lambda|scope --model M --task sst2 --data DIR --output DIR   # paper Fig. 2-3, Table 3
     earlybert pretrain --config bert-mini --tokenizer wordpiece:16000 --text DIR --output DIR --method compare
 
 MODEL is a local directory or a hub name (hub names need a network).

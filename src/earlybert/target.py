@@ -75,11 +75,14 @@ def _slim_flop_ratios(base, task_info, coefficients, points: list[GridPoint]) ->
     from .prune import prune
     from .ticket import draw_ticket
 
+    import copy
+
     heads, ffn, step = coefficients
-    full = _linear_flops_per_step(_seeded_model(base, task_info), task_info, base)
+    pretrained = _seeded_model(base, task_info)
+    full = _linear_flops_per_step(pretrained, task_info, base)
     ratios = []
     for point in points:
-        model = _seeded_model(base, task_info)
+        model = copy.deepcopy(pretrained)  # loaded once: a BERT-base grid has 91 candidates
         prune(model, draw_ticket(heads, ffn, point.ticket_config(base.ticket), step=step))
         ratios.append(_linear_flops_per_step(model, task_info, base) / full)
     return ratios, full
