@@ -239,10 +239,13 @@ class Arm:
     (the pre-training search records every step; fine-tuning every budget/40)."""
 
     def __init__(self, model, accelerator, search: bool = False):
+        from earlybert.gates import penalize
         from earlybert.train import TrainConfig, make_optimizer
 
         self.gates = eb.add_gates(model) if search else None
         optimizer = make_optimizer(model, TrainConfig(), accelerator.device)
+        if search:  # the penalty as the library's search applies it
+            penalize(optimizer, self.gates)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.accelerator = accelerator
         self.tracker = eb.EarlyBird(eb.TicketConfig(), eb.SearchConfig(max_steps=10**9)) if search else None
@@ -250,8 +253,6 @@ class Arm:
 
     def step(self, batch: dict) -> None:
         loss = self.model(**batch).loss
-        if self.gates is not None:
-            loss = loss + eb.sparsity_penalty(self.gates)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -344,7 +345,8 @@ def library_loop(config, batch_size: int, seq_len: int, device: torch.device, mi
     from accelerate import Accelerator
     from transformers import AutoModelForSequenceClassification
 
-    from earlybert.train import TrainConfig, train_stage
+    from earlybert.gates import penalize
+    from earlybert.train import TrainConfig, make_optimizer, train_stage
 
     g = torch.Generator().manual_seed(2)
     rows = [{"input_ids": torch.randint(1000 % config.vocab_size, config.vocab_size, (seq_len,), generator=g),
@@ -360,8 +362,8 @@ def library_loop(config, batch_size: int, seq_len: int, device: torch.device, mi
         if name == "search":
             gates = eb.add_gates(model)
             tracker = eb.EarlyBird(eb.TicketConfig(), eb.SearchConfig(max_steps=10**9))
-            kwargs = dict(extra_loss=lambda m: eb.sparsity_penalty(m), on_step=tracker.record, tracker=tracker)
-            del gates
+            kwargs = dict(on_step=tracker.record, tracker=tracker,
+                          optimizer_fn=lambda m: penalize(make_optimizer(m, TrainConfig(), accelerator.device), gates))
         result = train_stage(f"loop-{name}", model, rows, collate,
                              TrainConfig(batch_size=batch_size, max_steps=steps, checkpoint_every=0), accelerator,
                              **kwargs)

@@ -70,9 +70,9 @@ def train_step(model, optimizer, batch, device, tracker=None) -> float:
     start = time.perf_counter()
     with torch.autocast(device, dtype=torch.bfloat16, enabled=AUTOCAST["enabled"]):
         loss = model(**batch).loss
-    if tracker is not None:
-        loss = loss + eb.sparsity_penalty(model)
     loss.backward()
+    if tracker is not None:  # the penalty as the library's search applies it: its gradient, before the step
+        eb.add_penalty_gradient(model)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if tracker is not None:

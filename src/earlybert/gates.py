@@ -184,6 +184,14 @@ def add_penalty_gradient(model_or_gates: nn.Module, config: GateConfig | None = 
             g.grad.add_(torch.sign(g), alpha=strength)
 
 
+def penalize(optimizer: torch.optim.Optimizer, model_or_gates: nn.Module,
+             config: GateConfig | None = None) -> torch.optim.Optimizer:
+    """`optimizer`, with `add_penalty_gradient` run at the start of each of its steps: inside the real step, so
+    once per optimizer step and after accumulation, unscaling and clipping, whatever loop drives it."""
+    optimizer.register_step_pre_hook(lambda *_: add_penalty_gradient(model_or_gates, config))
+    return optimizer
+
+
 def decay_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:
     """Optimizer parameter groups: weight decay on the weight matrices; none on biases and LayerNorm, as in BERT;
     and, when the model is gated, a third group for the gates: no weight decay (they have their own L1 penalty)

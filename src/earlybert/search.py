@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gates import GateConfig, GateSet, add_gates, add_penalty_gradient, get_gates
+from .gates import GateConfig, GateSet, add_gates, add_penalty_gradient, get_gates, penalize
 from .ticket import Ticket, TicketConfig, draw_masks, draw_ticket
 
 logger = logging.getLogger(__name__)
@@ -302,11 +302,8 @@ def run_search(model: nn.Module, dataset, collate_fn: Callable, train_config, se
         tracker = EarlyBird(ticket_config, search_config)
 
         def penalized_optimizer(trained: nn.Module) -> torch.optim.Optimizer:
-            # The hook runs inside the real optimizer's step, i.e. once per optimizer step, after accumulation,
-            # loss unscaling and clipping: see gates.add_penalty_gradient.
-            optimizer = (optimizer_fn or (lambda m: make_optimizer(m, train_config, stage_accelerator.device)))(trained)
-            optimizer.register_step_pre_hook(lambda *_: add_penalty_gradient(gates, gate_config))
-            return optimizer
+            build = optimizer_fn or (lambda m: make_optimizer(m, train_config, stage_accelerator.device))
+            return penalize(build(trained), gates, gate_config)
 
         result = train_stage(
             "search", wrap(model) if wrap else model, dataset, collate_fn, train_config, stage_accelerator,

@@ -286,7 +286,6 @@ def train_stage(
     accelerator,
     *,
     checkpoint_dir: Path | None = None,
-    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     on_step: Callable[[int, nn.Module], bool] | None = None,
     tracker=None,
     optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
@@ -295,9 +294,8 @@ def train_stage(
     """Train `model` on `dataset` (indexable; batches built by `collate_fn`) for `config.epochs` (or
     `config.max_steps`) optimizer steps, with a linear schedule over `config.epochs` after warm-up.
 
-    optimizer_fn(model) builds the optimizer (default: AdamW, `make_optimizer`). extra_loss(unwrapped model) is added to every micro-batch's
-    loss before accelerate divides it by the accumulation steps, so its effective weight does not depend on
-    `grad_accum`. on_step(step, unwrapped model) runs after each optimizer step and returns True to stop the
+    optimizer_fn(model) builds the optimizer (default: AdamW, `make_optimizer`; the search's also applies the
+    gates' penalty, `gates.penalize`). on_step(step, unwrapped model) runs after each optimizer step and returns True to stop the
     stage. `tracker` (with state_dict / load_state_dict) is checkpointed with the stage. Returns timings and
     losses; the model is trained in place. Once `budget` is spent the stage checkpoints and raises `Paused`.
     """
@@ -320,8 +318,7 @@ def train_stage(
             log.start()
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                total_loss = loss if extra_loss is None else loss + extra_loss(raw_model)
-                accelerator.backward(total_loss)
+                accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
