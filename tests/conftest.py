@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+def torchrun(args: list[str], port: int, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`earlybert ARGS` in two gloo processes. --tee 3 prefixes every line a rank prints with its rank, so a failure
+    shows what each rank said (its own error, an abort message) rather than only the launcher's traceback."""
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), "--tee", "3", "-m", "earlybert", *args], capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    said = [line for line in (two.stdout + two.stderr).splitlines() if line.startswith("[default")]
+    assert two.returncode == 0, "\n".join(said)[-3000:] + "\n--- launcher ---\n" + two.stderr[-1500:]
+    return two

@@ -9,7 +9,7 @@ import numpy as np
 
 import earlybert as eb
 
-from conftest import WORDS, write_sst2_like, write_tiny_encoder
+from conftest import WORDS, torchrun, write_sst2_like, write_tiny_encoder
 
 
 def test_two_gloo_processes_draw_the_same_ticket_as_one(tmp_path):
@@ -21,10 +21,7 @@ def test_two_gloo_processes_draw_the_same_ticket_as_one(tmp_path):
     one = subprocess.run([sys.executable, "-m", "earlybert", *common, "--batch-size", "8", "--output",
                           str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", "-m", "earlybert", *common, "--batch-size", "4", "--output", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    torchrun([*common, "--batch-size", "4", "--output", str(tmp_path / "two")], 29533, env)
     search = json.loads((tmp_path / "two" / "search.json").read_text())
     assert search["processes"] == 2 and search["ranks_drew_same_ticket"] is True
     ticket_two = eb.Ticket.load(tmp_path / "two" / "ticket.json")
@@ -59,10 +56,7 @@ def test_two_gloo_processes_pretrain_the_same_ticket_as_one(tmp_path):
                           str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache1")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29534", "-m", "earlybert", *common, "--output", str(tmp_path / "two"), "--cache-dir",
-                          str(tmp_path / "cache2")], capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    torchrun([*common, "--output", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache2")], 29534, env)
     search = json.loads((tmp_path / "two" / "search.json").read_text())
     assert search["processes"] == 2 and search["ranks_drew_same_ticket"] is True
     assert search["stage"]["steps"] == 6

@@ -18,6 +18,8 @@ import pytest
 
 import earlybert as eb
 
+from conftest import torchrun
+
 pytestmark = pytest.mark.realdata
 
 DATA = Path(os.environ.get("EARLYBERT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -43,10 +45,7 @@ def test_one_and_two_processes_draw_nearly_the_same_ticket_on_minilm(tmp_path):
     one = subprocess.run([sys.executable, "-m", "earlybert", *common, "--batch-size", "32", "--output",
                           str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=900)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29541", "-m", "earlybert", *common, "--batch-size", "16", "--output", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert two.returncode == 0, two.stderr[-2000:]
+    torchrun([*common, "--batch-size", "16", "--output", str(tmp_path / "two")], 29541, env, timeout=900)
     searches = [json.loads((tmp_path / run / "search.json").read_text()) for run in ("one", "two")]
     assert searches[1]["processes"] == 2 and searches[1]["ranks_drew_same_ticket"] is True
     assert searches[0]["stage"]["budget"] == searches[1]["stage"]["budget"] == 20  # 0.2 of 100 steps per epoch

@@ -582,8 +582,27 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()
+    finished = False
     try:
-        return args.func(args)
+        status = args.func(args)
+        finished = True
+        return status
     except (CliError, ValueError, TypeError) as e:
         print(f"earlybert: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group(wait=finished)
+
+
+def leave_process_group(wait: bool) -> None:
+    """Under torchrun: leave the process group before the interpreter exits. Left to process teardown, a rank whose
+    peer has already exited can find gloo's sockets closed under it and abort (SIGABRT) after its work is done,
+    failing the whole launch. `wait`: the command succeeded, so every rank reaches this barrier; after an error a
+    barrier could wait for a rank that never comes."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
