@@ -66,13 +66,16 @@ CORE = ["full", "earlybert", "random"]
 # which part of EarlyBERT's protocol costs the accuracy it loses on a task.
 VARIANTS = {
     "full-short": ("full", dict(epochs=2, lr=4e-5)),  # EarlyBERT's training length and rate on the full model
+    "full-lr2x": ("full", dict(lr=4e-5)),  # full's 3 epochs at 2x: is the baseline's own rate too low for MiniLM?
     "earlybert-long": ("earlybert", dict(earlybert_epochs=3)),  # the slim model trained as long as full
     "earlybert-lr1x": ("earlybert", dict(lr_scale=1.0)),  # the slim model at full's learning rate, not 2x
+    "earlybert-lr3x": ("earlybert", dict(lr_scale=3.0)),  # ... at 3x: does a slim model on a small set need more?
+    "random-lr3x": ("random", dict(lr_scale=3.0)),  # the random ticket (EarlyBERT's shape, same seed) at 3x
     "earlybert-heads": ("earlybert", dict(ticket=TicketConfig(ffn_ratio=0.0))),  # heads only (paper Table 1)
     "earlybert-ffn": ("earlybert", dict(ticket=TicketConfig(head_ratio=0.0))),  # FFN neurons only
 }
-VARIANT_EPOCHS = {"full-short": 2, "earlybert-long": 3.2, "earlybert-lr1x": 2.2, "earlybert-heads": 2.2,
-                  "earlybert-ffn": 2.2}
+VARIANT_EPOCHS = {"full-short": 2, "full-lr2x": 3, "earlybert-long": 3.2, "earlybert-lr1x": 2.2, "earlybert-lr3x": 2.2,
+                  "random-lr3x": 2, "earlybert-heads": 2.2, "earlybert-ffn": 2.2}
 FOLDERS = {"sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B"}
 
 
@@ -268,8 +271,9 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
                   *(f"| {t} | {name} | {len(v['seeds'])} | {statistics.fmean(v['score']):.2f} | {mean(v['minus_full'])} | "
                     + (f"{statistics.fmean(v['time_saved']):.1%}" if v["time_saved"] else "-") + " |"
                     for t, by in variants.items() for name, v in by.items()), "",
-                  "full-short: the full model trained with EarlyBERT's protocol (2 epochs at 2x lr); earlybert-long: "
-                  "the slim model trained 3 epochs; earlybert-lr1x: the slim model at full's learning rate; "
+                  "full-short: the full model trained with EarlyBERT's protocol (2 epochs at 2x lr); full-lr2x: 3 epochs at 2x; earlybert-long: "
+                  "the slim model trained 3 epochs; earlybert-lr1x / -lr3x: the slim model at 1x / 3x full's learning rate "
+                  "(random-lr3x: the random ticket of the same shape at 3x); "
                   "earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
@@ -339,6 +343,9 @@ def main() -> None:
                 done = compare(replace(base), methods, [seed], resume=True)
                 for name in extra:
                     method, overrides = VARIANTS[name]
+                    like = runs_dir / task / f"earlybert-seed{seed}" / "ticket.json"  # the core table's shape
+                    if method == "random" and like.exists():
+                        overrides = {**overrides, "ticket_like": str(like)}
                     compare(replace(base, output=str(runs_dir / "variants" / task / name), **overrides), [method],
                             [seed], resume=True)
             except Exception as e:  # one group's failure must not cost the others their (rare, GPU) run
