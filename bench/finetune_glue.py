@@ -71,11 +71,13 @@ VARIANTS = {
     "earlybert-lr1x": ("earlybert", dict(lr_scale=1.0)),  # the slim model at full's learning rate, not 2x
     "earlybert-lr3x": ("earlybert", dict(lr_scale=3.0)),  # ... at 3x: does a slim model on a small set need more?
     "random-lr3x": ("random", dict(lr_scale=3.0)),  # the random ticket (EarlyBERT's shape, same seed) at 3x
+    "earlybert-lr4x": ("earlybert", dict(lr_scale=4.0)),
+    "random-lr4x": ("random", dict(lr_scale=4.0)),
     "earlybert-heads": ("earlybert", dict(ticket=TicketConfig(ffn_ratio=0.0))),  # heads only (paper Table 1)
     "earlybert-ffn": ("earlybert", dict(ticket=TicketConfig(head_ratio=0.0))),  # FFN neurons only
 }
 VARIANT_EPOCHS = {"full-short": 2, "full-lr2x": 3, "earlybert-long": 3.2, "earlybert-lr1x": 2.2, "earlybert-lr3x": 2.2,
-                  "random-lr3x": 2, "earlybert-heads": 2.2, "earlybert-ffn": 2.2}
+                  "random-lr3x": 2, "earlybert-lr4x": 2.2, "random-lr4x": 2, "earlybert-heads": 2.2, "earlybert-ffn": 2.2}
 FOLDERS = {"sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA", "stsb": "STS-B"}
 
 
@@ -272,8 +274,8 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
                     + (f"{statistics.fmean(v['time_saved']):.1%}" if v["time_saved"] else "-") + " |"
                     for t, by in variants.items() for name, v in by.items()), "",
                   "full-short: the full model trained with EarlyBERT's protocol (2 epochs at 2x lr); full-lr2x: 3 epochs at 2x; earlybert-long: "
-                  "the slim model trained 3 epochs; earlybert-lr1x / -lr3x: the slim model at 1x / 3x full's learning rate "
-                  "(random-lr3x: the random ticket of the same shape at 3x); "
+                  "the slim model trained 3 epochs; earlybert-lr1x / -lr3x / -lr4x: the slim model at 1x / 3x / 4x full's "
+                  "learning rate (random-lr3x / -lr4x: the random ticket of the same shape at that rate); "
                   "earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "

@@ -1,0 +1,167 @@
+"""The accuracy / time trade-off of EarlyBERT's tickets on SST-2 with MiniLM-L6 (the paper's Table 5 and Fig. 3,
+at CPU scale), and the MLM-objective search against the task-loss search.
+
+1. The sweep (`earlybert sweep`): one search, then a slim training per (heads pruned per layer, FFN ratio) on the
+   grid 3, 4, 5, 6 x 0.3, 0.4, 0.5, and the full baseline; every point charged the whole search.
+2. The stop-time ablation (`earlybert ablate stop`): one search run to 1 epoch with the early-bird rule off, the
+   ticket drawn from the coefficients at 0.01, 0.05, 0.1, 0.2, 0.4 and 1 epoch, a slim training per stop time,
+   each charged the search up to its step.
+3. MLM-objective search against the task-loss search (`--search-objective mlm`), only with --mlm-model: a
+   checkpoint with masked-LM head weights (MiniLM-L6 ships none, so it cannot search on the MLM loss).
+
+Every part uses the package's defaults (the gate learning rate, the early-bird rule, 2 slim epochs at 2x lr) on a
+fixed 10,000-sentence subset of SST-2's training set, seed 1, evaluated on the whole dev set.
+
+    python bench/tradeoff.py                       # sweep, then stop-time ablation (resumable: rerun to continue)
+    python bench/tradeoff.py --parts sweep         # one part
+    python bench/tradeoff.py --parts mlm --mlm-model DIR
+
+Runs live in bench/runs/tradeoff/ (not committed); the summary goes to bench/results/tradeoff_cpu.json and .md
+(and the figures beside them) after every part, a partial part marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if (ROOT / "src" / "earlybert").is_dir():
+    sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+from earlybert.ablate import STOP_AT, ablate_stop  # noqa: E402
+from earlybert.compare import compare  # noqa: E402
+from earlybert.finetune import FinetuneConfig  # noqa: E402
+from earlybert.runs import atomic_write_text  # noqa: E402
+from earlybert.sweep import FFN_RATIOS, HEADS, make_grid, parse_values, summarise, sweep  # noqa: E402
+
+from machine import cpu_name, minilm_path, native_bf16  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data" / "glue"
+TRAIN_SAMPLES = 10_000
+PARTS = ("sweep", "stop", "mlm")
+
+
+def base_config(args, output: Path, model: str | None = None) -> FinetuneConfig:
+    bf16 = torch.cuda.is_available() or native_bf16()
+    return FinetuneConfig(model=model or args.model or minilm_path(), task="sst2", data=str(args.data),
+                          output=str(output), method="earlybert", seed=args.seed,
+                          max_train_samples=args.train_samples, mixed_precision="bf16" if bf16 else "no")
+
+
+def run_mlm(args, runs: Path) -> dict:
+    """Full, EarlyBERT with the task-loss search and EarlyBERT with the MLM-objective search, one seed, on the model
+    of --mlm-model: the methods of `compare`, the second EarlyBERT in a folder of its own."""
+    base = base_config(args, runs / "mlm", args.mlm_model)
+    task = compare(replace(base, output=str(runs / "mlm" / "task")), ["full", "earlybert"], [args.seed], resume=True)
+    mlm = compare(replace(base, output=str(runs / "mlm" / "mlm"), search_objective="mlm"), ["earlybert"],
+                  [args.seed], resume=True)
+    full, by_task, by_mlm = task[0], task[1], mlm[0]
+
+    def row(run: dict) -> dict:
+        search = run["stages"].get("search", {})
+        return {"score": run["score"], "total_step_time_s": run["total_step_time_s"],
+                "time_saved": 1 - run["total_step_time_s"] / full["total_step_time_s"],
+                "search_steps": search.get("steps"), "search_stop": search.get("stop_reason")}
+
+    return {"model": args.mlm_model, "full": {"score": full["score"], "total_step_time_s": full["total_step_time_s"]},
+            "task_search": row(by_task), "mlm_search": row(by_mlm)}
+
+
+def stop_results(runs: Path) -> dict | None:
+    done = runs / "stop" / "results.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
+def write_results(args, runs: Path, started: float, parts: dict) -> None:
+    grid = make_grid(args.heads, args.ffn_ratios)
+    swept = summarise(runs / "sweep", grid, [args.seed]) if (runs / "sweep").is_dir() else None
+    points = [{"heads": p["heads"], "ffn_ratio": p["ffn_ratio"], "score": p["score"], "time_saved": p["time_saved"],
+               "theoretical_saved": p["theoretical_saved"], "kept_heads": p["kept_heads"], "kept_ffn": p["kept_ffn"]}
+              for p in (swept or {}).get("points", []) if p["seeds"]]
+    results = {
+        "command": " ".join(["python", *sys.argv]), "machine": {"cpu": cpu_name(), "python": platform.python_version(),
+                                                                 "torch": torch.__version__},
+        "settings": {"task": "sst2", "train_samples": args.train_samples, "seed": args.seed,
+                     "heads": args.heads, "ffn_ratios": args.ffn_ratios, "stop_at": list(STOP_AT)},
+        "full": swept and swept["full"], "search": swept and swept["search"], "points": points,
+        "sweep_finished": bool(swept) and swept["runs_finished"] == swept["runs_total"],
+        "stop": stop_results(runs), "mlm_vs_task": parts.get("mlm"), "notes": parts.get("notes", []),
+        "elapsed_s": time.time() - started,
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    model = Path(args.model).name if args.model else "MiniLM-L6"
+    lines = [f"# Trade-off on SST-2 ({args.train_samples} training sentences), {model}, seed {args.seed}", "",
+             f"Command: `{results['command']}`  ", f"Machine: {results['machine']['cpu']}, torch "
+             f"{results['machine']['torch']}, {torch.get_num_threads()} thread(s).", ""]
+    for name, title in (("sweep", "Sweep: heads pruned per layer x FFN ratio"),
+                        ("stop", "Stop-time ablation")):
+        report = runs / name / "report.md"
+        if report.exists():
+            figure = runs / name / ("tradeoff.png" if name == "sweep" else "ablation.png")
+            if figure.exists():
+                shutil.copyfile(figure, out.with_name(f"{out.name}_{name}.png"))
+            body = report.read_text().split("\n", 1)[1].replace("](tradeoff.png)", f"]({out.name}_sweep.png)")
+            lines += [f"## {title}", body.replace("](ablation.png)", f"]({out.name}_stop.png)"), ""]
+    if results["mlm_vs_task"]:
+        m = results["mlm_vs_task"]
+        lines += ["## MLM-objective search against task-loss search", "", f"Model: {m['model']}", "",
+                  "| search | score | time saved | search steps |", "|---|---|---|---|",
+                  *(f"| {k} | {m[k]['score']:.2f} | {m[k]['time_saved']:.1%} | {m[k]['search_steps']} "
+                    f"({m[k]['search_stop']}) |" for k in ("task_search", "mlm_search")),
+                  f"| (full fine-tuning) | {m['full']['score']:.2f} | 0 | - |", ""]
+    lines += [f"- {n}" for n in results["notes"]]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="sweep,stop", help=f"comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--data", default=str(DATA), help="GLUE folder holding SST-2/")
+    parser.add_argument("--model", default=None, help="model folder (default: the MiniLM-L6 package's)")
+    parser.add_argument("--mlm-model", default=None, help="a checkpoint with masked-LM head weights, for part mlm")
+    parser.add_argument("--heads", default=",".join(map(str, HEADS)), help="heads pruned per layer, the sweep's grid")
+    parser.add_argument("--ffn-ratios", default=",".join(map(str, FFN_RATIOS)), help="FFN ratios, the sweep's grid")
+    parser.add_argument("--train-samples", type=int, default=TRAIN_SAMPLES)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", default=str(HERE / "runs" / "tradeoff"))
+    parser.add_argument("--output", default=str(HERE / "results" / "tradeoff_cpu"))
+    args = parser.parse_args()
+    args.heads, args.ffn_ratios = parse_values(args.heads, "heads"), parse_values(args.ffn_ratios, "ffn_ratios")
+    parts = [p for p in args.parts.split(",") if p]
+    if any(p not in PARTS for p in parts):
+        raise SystemExit(f"tradeoff.py: error: --parts takes {', '.join(PARTS)}; got {args.parts!r}")
+    if "mlm" in parts and not args.mlm_model:
+        raise SystemExit("tradeoff.py: error: --parts mlm needs --mlm-model, a checkpoint with masked-LM head weights")
+    logging.basicConfig(level=logging.WARNING)
+    runs, started, done = Path(args.runs), time.time(), {"notes": []}
+    previous = Path(args.output).with_suffix(".json")
+    if previous.exists():  # a part run in an earlier sitting keeps its result
+        done["mlm"] = json.loads(previous.read_text()).get("mlm_vs_task")
+    for part in parts:
+        print(f"== {part}", flush=True)
+        if part == "sweep":
+            sweep(base_config(args, runs / "sweep"), args.heads, args.ffn_ratios, [args.seed], resume=True)
+        elif part == "stop":
+            ablate_stop(base_config(args, runs / "stop"), STOP_AT, resume=True)
+        else:
+            done["mlm"] = run_mlm(args, runs)
+        write_results(args, runs, started, done)
+    write_results(args, runs, started, done)
+    print(Path(args.output).with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
