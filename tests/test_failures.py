@@ -232,3 +232,14 @@ def test_under_torchrun_only_the_main_process_prints(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count('"metrics"') == 1  # the result summary, once
     assert done.stderr.count("stage: evaluate") == 1 and done.stderr.count("done: earlybert") == 1
+
+
+def test_model_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path, capsys):
+    """A local path with a typo is not a hub id: one line saying the folder is missing, not transformers' repo-id
+    rules (which is what AutoConfig says about a name it cannot find on disk)."""
+    for command in (["inspect", str(tmp_path / "nowhere")],
+                    ["finetune", "--model", str(tmp_path / "nowhere"), "--task", "sst2", "--data", str(tmp_path),
+                     "--output", str(tmp_path / "o")]):
+        assert error_line(capsys, command) == (
+            f"earlybert: error: cannot load a model from '{tmp_path / 'nowhere'}': no such folder")
+    assert not (tmp_path / "o").exists()

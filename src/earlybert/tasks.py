@@ -41,14 +41,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model")
 
 
+def check_path_exists(name_or_path: str, what: str) -> None:
+    """A path-like name that does not exist is a typo, not a hub id: say so instead of transformers' repo-id rules."""
+    if not Path(name_or_path).expanduser().exists() and (Path(name_or_path).is_absolute()
+                                                         or name_or_path.startswith((".", "~"))):
+        raise ValueError(f"cannot load {what} from {name_or_path!r}: no such folder")
+
+
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a local folder or hub name; ValueError with one complete line when there is none."""
     from transformers import AutoTokenizer
 
     path = Path(name_or_path).expanduser()
-    # A path-like name that does not exist is a typo, not a hub id: say so instead of transformers' repo-id rules.
-    if not path.exists() and (path.is_absolute() or name_or_path.startswith((".", "~"))):
-        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: no such folder")
+    check_path_exists(name_or_path, "a tokenizer")
     if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: the folder has none of "
                          f"{', '.join(TOKENIZER_FILES)}; give the folder or hub name of the model's tokenizer")
@@ -65,6 +70,7 @@ def load_model_config(name_or_path: str):
 
     from .archs import get_arch
 
+    check_path_exists(name_or_path, "a model")
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
