@@ -138,7 +138,26 @@ def variant_summary(runs: list[dict], variants: list[dict]) -> dict:
         if base is not None:
             entry["minus_full"].append(v["score"] - base["score"])
             entry["time_saved"].append(1 - v["total_step_time_s"] / base["total_step_time_s"])
+        # earlybert-<x> against random-<x> of the same task and seed: the ticket's worth under that protocol
+        twin = next((r for r in variants if r["variant"] == v["variant"].replace("earlybert-", "random-", 1)
+                     and v["variant"].startswith("earlybert-") and (r["task"], r["seed"]) == (v["task"], v["seed"])),
+                    None)
+        if twin is not None:
+            entry.setdefault("minus_random", []).append(v["score"] - twin["score"])
     return out
+
+
+def variant_pairs(variants: dict, name: str) -> dict | None:
+    """Over every task and seed that ran variant `name` (an earlybert-<x> with its random-<x>): the paired
+    differences against full and against the random ticket, as the core table's summary states them."""
+    rows = [v for by in variants.values() for n, v in by.items() if n == name]
+    minus_full = [d for v in rows for d in v["minus_full"]]
+    minus_random = [d for v in rows for d in v.get("minus_random", [])]
+    if not minus_full:
+        return None
+    return {"variant": name, "tasks": sum(1 for v in rows if v["minus_full"]),
+            "minus_full": interval(minus_full), "minus_random": interval(minus_random) if minus_random else None,
+            "time_saved": statistics.fmean(t for v in rows for t in v["time_saved"])}
 
 
 def interval(values: list[float]) -> dict:
@@ -221,8 +240,10 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     machine = machine_info(mixed)
     variant_runs = collect_variants(Path(args.runs))
     variants = variant_summary(runs, variant_runs)
+    pairs = [p for p in (variant_pairs(variants, name) for name in VARIANTS if name.startswith("earlybert-")) if p]
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
-              "summary": summ, "variants": variants, "notes": list(notes), "rows": rows, "runs": runs,
+              "summary": summ, "variants": variants, "variant_pairs": pairs, "notes": list(notes), "rows": rows,
+              "runs": runs,
               "variant_runs": variant_runs, "elapsed_s": time.time() - started}
     output = Path(args.output)
     atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=1))
@@ -277,6 +298,13 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
                   "the slim model trained 3 epochs; earlybert-lr1x / -lr3x / -lr4x: the slim model at 1x / 3x / 4x full's "
                   "learning rate (random-lr3x / -lr4x: the random ticket of the same shape at that rate); "
                   "earlybert-heads / -ffn: only heads / only FFN neurons pruned.", ""]
+        ci = lambda x: (f"{x['mean']:+.2f}" + (f" [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}]" if x["ci95"] else "")  # noqa: E731
+                        + f" (n={x['n']})") if x else "-"
+        if pairs:
+            lines += ["Over every (task, seed) pair a variant ran (paired differences, mean [95% CI]):", "",
+                      "| variant | tasks | minus full | minus its random ticket | time saved |", "|---|---|---|---|---|",
+                      *(f"| {p['variant']} | {p['tasks']} | {ci(p['minus_full'])} | {ci(p['minus_random'])} | "
+                        f"{p['time_saved']:.1%} |" for p in pairs), ""]
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
         "backward + optimizer, data loading excluded, EarlyBERT including its search; the first 3 steps of every "

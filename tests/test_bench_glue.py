@@ -86,3 +86,19 @@ def test_variants_are_compared_with_full_of_the_same_task_and_seed(glue):
     assert short["time_saved"] == pytest.approx([0.34, 0.32])
     assert out["stsb"]["earlybert-long"]["minus_full"] == [] and out["stsb"]["earlybert-long"]["score"] == [70.0]
     assert set(glue.VARIANTS) == set(glue.VARIANT_EPOCHS)
+
+
+def test_a_variant_is_paired_with_its_random_twin_of_the_same_task_and_seed(glue):
+    runs = [{"task": t, "method": "full", "seed": 1, "score": 50.0, "total_step_time_s": 100.0} for t in ("cola", "rte")]
+    variants = [{"task": t, "variant": v, "method": v.split("-")[0], "seed": 1, "score": score,
+                 "total_step_time_s": 55.0}
+                for t, v, score in [("cola", "earlybert-lr4x", 49.0), ("cola", "random-lr4x", 45.0),
+                                    ("rte", "earlybert-lr4x", 52.0), ("rte", "random-lr4x", 51.0),
+                                    ("rte", "earlybert-long", 53.0)]]  # earlybert-long has no random twin
+    out = glue.variant_summary(runs, variants)
+    assert out["cola"]["earlybert-lr4x"]["minus_random"] == [4.0]
+    assert "minus_random" not in out["rte"]["earlybert-long"]
+    pair = glue.variant_pairs(out, "earlybert-lr4x")
+    assert pair["tasks"] == 2 and pair["minus_full"]["mean"] == pytest.approx(0.5)
+    assert pair["minus_random"]["mean"] == pytest.approx(2.5) and pair["time_saved"] == pytest.approx(0.45)
+    assert glue.variant_pairs(out, "earlybert-heads") is None
