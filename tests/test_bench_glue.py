@@ -95,10 +95,15 @@ def test_a_variant_is_paired_with_its_random_twin_of_the_same_task_and_seed(glue
                 for t, v, score in [("cola", "earlybert-lr4x", 49.0), ("cola", "random-lr4x", 45.0),
                                     ("rte", "earlybert-lr4x", 52.0), ("rte", "random-lr4x", 51.0),
                                     ("rte", "earlybert-long", 53.0)]]  # earlybert-long has no random twin
+    variants.append({"task": "cola", "variant": "full-lr2x", "method": "full", "seed": 1, "score": 51.0,
+                     "total_step_time_s": 110.0})  # same sitting as the variants: the time reference where it ran
     out = glue.variant_summary(runs, variants)
+    assert out["cola"]["earlybert-lr4x"]["time_saved_same_sitting"] == pytest.approx([0.5])
+    assert "time_saved_same_sitting" not in out["rte"]["earlybert-lr4x"]
     assert out["cola"]["earlybert-lr4x"]["minus_random"] == [4.0]
     assert "minus_random" not in out["rte"]["earlybert-long"]
     pair = glue.variant_pairs(out, "earlybert-lr4x")
     assert pair["tasks"] == 2 and pair["minus_full"]["mean"] == pytest.approx(0.5)
     assert pair["minus_random"]["mean"] == pytest.approx(2.5) and pair["time_saved"] == pytest.approx(0.45)
+    assert pair["time_saved_same_sitting"] == pytest.approx(0.5)
     assert glue.variant_pairs(out, "earlybert-heads") is None
