@@ -74,7 +74,13 @@ def run_mlm(args, runs: Path) -> dict:
                 "time_saved": 1 - run["total_step_time_s"] / full["total_step_time_s"],
                 "search_steps": search.get("steps"), "search_stop": search.get("stop_reason")}
 
-    return {"model": args.mlm_model, "full": {"score": full["score"], "total_step_time_s": full["total_step_time_s"]},
+    config = json.loads((Path(args.mlm_model) / "config.json").read_text())
+    shape = (f"{config['num_hidden_layers']} layers, hidden {config['hidden_size']}, {config['num_attention_heads']} "
+             f"heads, FFN {config['intermediate_size']}")
+    return {"model": args.mlm_model, "shape": shape,
+            "ticket": {k: {"kept_heads": r["ticket"]["kept_heads"], "kept_ffn": r["ticket"]["kept_ffn"]}
+                       for k, r in (("task_search", by_task), ("mlm_search", by_mlm))},
+            "full": {"score": full["score"], "total_step_time_s": full["total_step_time_s"]},
             "task_search": row(by_task), "mlm_search": row(by_mlm)}
 
 
@@ -103,7 +109,8 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
     model = Path(args.model).name if args.model else "MiniLM-L6"
-    lines = [f"# Trade-off on SST-2 ({args.train_samples} training sentences), {model}, seed {args.seed}", "",
+    lines = [f"# Trade-off on SST-2 ({args.train_samples} training sentences), seed {args.seed}", "",
+             f"Sweep and stop-time ablation: {model}.  ",
              f"Command: `{results['command']}`  ", f"Machine: {results['machine']['cpu']}, torch "
              f"{results['machine']['torch']}, {torch.get_num_threads()} thread(s).", ""]
     for name, title in (("sweep", "Sweep: heads pruned per layer x FFN ratio"),
@@ -117,7 +124,10 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
             lines += [f"## {title}", body.replace("](ablation.png)", f"]({out.name}_stop.png)"), ""]
     if results["mlm_vs_task"]:
         m = results["mlm_vs_task"]
-        lines += ["## MLM-objective search against task-loss search", "", f"Model: {m['model']}", "",
+        lines += ["## MLM-objective search against task-loss search", "",
+                  f"Model: {m['model']} ({m.get('shape', '?')}), the same protocol as above; kept heads / FFN "
+                  "neurons per layer: " + "; ".join(f"{k.split('_')[0]} search {v['kept_heads']} / {v['kept_ffn']}"
+                                                    for k, v in m.get("ticket", {}).items()), "",
                   "| search | score | time saved | search steps |", "|---|---|---|---|",
                   *(f"| {k} | {m[k]['score']:.2f} | {m[k]['time_saved']:.1%} | {m[k]['search_steps']} "
                     f"({m[k]['search_stop']}) |" for k in ("task_search", "mlm_search")),
