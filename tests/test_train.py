@@ -2,6 +2,9 @@
 paired step-time ratio behind a single run's estimate of the full model's time."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,3 +125,17 @@ def test_a_single_runs_estimate_of_full_time_comes_from_the_paired_ratio(tiny_en
     assert results["fraction_saved_vs_estimated_full"] == pytest.approx(
         1 - results["total_step_time_s"] / expected)
 
+
+
+@pytest.mark.parametrize("preset", [None, "77"])
+def test_importing_earlybert_widens_the_onednn_kernel_cache_unless_the_user_set_it(preset):
+    # Real batches padded to their longest bring new matrix shapes at nearly every step; with oneDNN's default of
+    # 1,024 cached kernels a run rebuilt kernels every step (bench/shape_cache.py). The capacity is read once per
+    # process, so it must be in the environment as soon as earlybert is imported.
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if preset is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = preset
+    code = "import os, earlybert; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (preset or str(eb.ONEDNN_CACHE_CAPACITY))
+    assert eb.ONEDNN_CACHE_CAPACITY > 1024
