@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import earlybert as eb
-from earlybert.search import EarlyBird, SearchConfig
+from earlybert.search import EarlyBird, SearchConfig, forecast_distance
 from earlybert.ticket import Ticket
 
 from conftest import build, inputs_for
@@ -57,12 +57,30 @@ def run_rule(records: list[tuple[int, Ticket]], **config) -> int | None:
     return None
 
 
-def test_a_slowly_drifting_mask_never_passes_whatever_the_recording_interval():
+def test_a_slowly_drifting_mask_passes_only_once_the_rest_of_the_budget_cannot_move_it():
     # 0.005 per step: each mask is within 0.1 of the previous five (0.025) yet 0.3 from the one 60 steps back
     records = drifting(200)
     assert run_rule(records, epsilon=0.1, patience=5, window=0, max_steps=200) == 6  # the paper's rule passes it
+    final = records[-1][1]
     for every in (1, 4, 10):
-        assert run_rule(drifting(200, every=every), epsilon=0.1, patience=5, window=0.25, max_steps=200) is None
+        stop = run_rule(drifting(200, every=every), epsilon=0.1, patience=5, window=0.25, max_steps=200)
+        # 0.005 * (200 - step) < 0.1 first holds at step 181; sparser records stop at their first step after it
+        assert 181 <= stop < 181 + every
+        ticket = dict(drifting(200))[stop]
+        assert eb.mask_distance(ticket, final).ffn < 0.1  # the ticket the whole budget would have drawn, near enough
+    # the same drift over a budget five times as long is still far from settled at step 200
+    assert run_rule(records, epsilon=0.1, patience=5, window=0.25, max_steps=1000) is None
+
+
+def test_the_forecast_separates_threshold_swaps_from_drift():
+    lags = torch.arange(1, 17, dtype=torch.float64)
+    assert forecast_distance(lags, 0.02 + 0.005 * lags, 10) == pytest.approx(0.07)
+    swaps = torch.full((16,), 0.015, dtype=torch.float64)  # units trading places, no drift: the swaps' level
+    assert forecast_distance(lags, swaps, 1000) == pytest.approx(0.015)
+    alternating = torch.tensor([0.0, 0.015] * 8, dtype=torch.float64)
+    assert forecast_distance(lags, alternating, 50) < 0.02
+    assert forecast_distance(torch.tensor([4.0]), torch.tensor([0.02]), 10) == pytest.approx(0.05)  # one record
+    assert forecast_distance(lags, 0.05 - 0.001 * lags, 100) == pytest.approx(0.0415)  # shrinking: no drift
 
 
 def test_units_swapping_at_the_threshold_do_not_block_the_stop():
@@ -164,7 +182,7 @@ def test_distance_matrix_agrees_with_pairwise_mask_distance():
 def test_record_draws_from_gates_every_n_steps():
     model = build("bert", eb.slim.AUTO_CLASSES[0])
     gates = eb.add_gates(model)
-    tracker = EarlyBird(search_config=SearchConfig(max_steps=5, record_every=2, patience=5))
+    tracker = EarlyBird(search_config=SearchConfig(max_steps=5, record_every=2, patience=5, window=0))
     stops = [tracker.record(step, model) for step in range(1, 6)]
     assert stops == [False, False, False, False, True] and tracker.steps == [2, 4, 5]
     assert tracker.stop_reason == "budget"

@@ -217,7 +217,7 @@ def _search_flags(p) -> None:
     p.add_argument("--epsilon", type=float, default=SearchConfig.epsilon,
                    help=f"early-bird mask-distance threshold ({SearchConfig.epsilon:g})")
     p.add_argument("--patience", type=int, default=SearchConfig.patience,
-                   help=f"early-bird: previous masks to compare with ({SearchConfig.patience})")
+                   help=f"early-bird, paper's rule (--window 0): previous masks to compare with ({SearchConfig.patience})")
     _window_flag(p)
 
 
@@ -267,8 +267,9 @@ def _window_flag(p) -> None:
     from .search import EARLY_BIRD_WINDOW
 
     p.add_argument("--window", type=float, default=EARLY_BIRD_WINDOW,
-                   help="early-bird: the newest mask must also stay within --epsilon of every mask of the last "
-                        f"WINDOW x budget search steps ({EARLY_BIRD_WINDOW:g}; 0: the paper's rule)")
+                   help="early-bird: stop once the masks of the last WINDOW x budget search steps forecast the "
+                        "ticket within --epsilon of the one the rest of the budget would draw "
+                        f"({EARLY_BIRD_WINDOW:g}; 0: the paper's rule, the previous --patience masks)")
 
 
 def finetune_config(args, method: str) -> "FinetuneConfig":

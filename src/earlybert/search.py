@@ -8,11 +8,13 @@ is spent. `search()` is a complete minimal loop built on it, for users without t
 The early-bird rule of You et al. 2020 (and of the paper) compares the newest mask with the previous
 `patience` recorded masks. On its own that does not measure convergence: how far apart those records are in
 steps is an accident of the recording interval, and a mask that drifts slowly passes it when recorded often
-(measured: each mask within 0.1 of the previous five, the first and last 0.3 apart). Here the newest mask must
-also stay within `epsilon` of every mask recorded in a trailing *window of steps*, a fixed share of the
-budget, so a drift of d per step fails once d * window >= epsilon, whatever the recording interval; units
-that only swap back and forth at the pruning threshold stay within epsilon and do not block the stop.
-`window=0` is the paper's rule exactly.
+(measured: each mask within 0.1 of the previous five, the first and last 0.3 apart). Here the rule also asks
+the question the stop is for: would the rest of the budget still change the ticket? Over a trailing *window of
+steps* (a fixed share of the budget) it fits the distance between the newest mask and each earlier one as a
+line in their distance in steps, d(lag) = swap + drift * lag, and stops only when swap + drift * (steps left in
+the budget) < epsilon. A mask that drifts by `drift` per step therefore passes only once the remaining steps
+cannot move it by epsilon, whatever the recording interval; units that only swap back and forth at the pruning
+threshold add to `swap`, not to `drift`, and do not block the stop. `window=0` is the paper's rule exactly.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from .ticket import Ticket, TicketConfig, draw_masks, draw_ticket
 logger = logging.getLogger(__name__)
 
 
-# The early-bird rule's trailing window as a share of the search budget; chosen on measured searches
-# (bench/results/gate_lr_cpu.md): see SearchConfig.
+# The early-bird rule's trailing window as a share of the search budget: the steps its drift is measured over
+# (bench/results/early_bird_cpu.md replays the rule on recorded searches): see SearchConfig.
 EARLY_BIRD_WINDOW = 0.25
 
 
@@ -44,8 +46,9 @@ class SearchConfig:
 
     epsilon, patience, window: the early-bird rule; stop once the newest mask is within normalised Hamming
         distance `epsilon` (strictly less, heads and FFN alike) of each of the previous `patience` recorded
-        masks and of every mask recorded in the last `window` x budget steps (the history must reach back
-        that far). window=0: the paper's rule (the previous `patience` masks only).
+        masks, and the distances to the masks of the last `window` x budget steps (the history must reach back
+        that far) forecast a distance under `epsilon` to the mask the rest of the budget would draw
+        (`forecast_distance`). window=0: the paper's rule (the previous `patience` masks only).
     max_steps: hard budget in optimizer steps; or
     max_epoch_fraction + steps_per_epoch: the budget as a fraction of an epoch (paper: 0.2 for fine-tuning).
         When both budgets are given the smaller wins; at least one must be given so a search always ends.
@@ -92,6 +95,24 @@ class SearchConfig:
     def window_steps(self) -> int:
         """The trailing window of the early-bird rule in optimizer steps."""
         return math.ceil(self.window * self.budget)
+
+
+def forecast_distance(lags: torch.Tensor, distances: torch.Tensor, steps_left: int) -> float:
+    """The distance the newest mask is forecast to have from the mask `steps_left` steps later.
+
+    lags, distances: how many steps back each earlier mask of the window was recorded, and its normalised Hamming
+    distance from the newest. A least-squares line d(lag) = swap + drift * lag separates units that only trade
+    places at the pruning threshold (`swap`: a distance that does not grow with the lag) from a ranking that is
+    still moving (`drift` per step); the forecast is swap + drift * steps_left. Written here because it is two
+    moments of a handful of points, not worth a fitting library's call."""
+    lags, distances = lags.double(), distances.double()
+    if len(lags) >= 2 and lags.var() > 0:
+        drift = ((lags - lags.mean()) * (distances - distances.mean())).sum() / ((lags - lags.mean()) ** 2).sum()
+        drift = drift.clamp_min(0)
+        swap = (distances - drift * lags).mean().clamp_min(0)
+    else:  # one lag only: all of its distance counts as drift, the cautious reading
+        drift, swap = (distances / lags).mean(), torch.zeros((), dtype=torch.float64)
+    return float(swap + drift * steps_left)
 
 
 def _pack(mask: torch.Tensor) -> str:
@@ -168,17 +189,29 @@ class EarlyBird:
         return self.stop_reason is not None
 
     def converged(self) -> bool:
-        """The newest mask is within epsilon (strictly), heads and FFN, of each of the previous `patience` masks
-        and of every mask recorded in the trailing window of steps, which the history must cover."""
-        k, eps, window = self.search_config.patience, self.search_config.epsilon, self.search_config.window_steps
+        """window 0 (the paper's rule): the newest mask is within epsilon (strictly), heads and FFN, of each of the
+        previous `patience` masks. window > 0: the history covers the trailing window of steps, and the masks
+        recorded in it forecast a distance under epsilon, heads and FFN, between the newest mask and the one the
+        budget's last step would draw (`forecast_distance`). `patience` counts records, so it would make the
+        verdict depend on the recording interval: it plays no part in the windowed rule."""
+        config = self.search_config
         newest_step = self.steps[-1]
-        if len(self.steps) <= k or self.steps[0] > newest_step - window:
+        if not config.window:
+            k = config.patience
+            if len(self.steps) <= k:
+                return False
+            return all(((torch.stack(masks[-k - 1 : -1]) ^ masks[-1]).float().mean(dim=1) < config.epsilon).all()
+                       for masks in (self.head_masks, self.ffn_masks))
+        window = config.window_steps
+        if len(self.steps) < 2 or self.steps[0] > newest_step - window:
             return False
-        in_window = sum(step >= newest_step - window for step in self.steps[:-1])
-        first = len(self.steps) - 1 - max(k, in_window)
+        # the records inside the window; with none there (records sparser than the window), the nearest before it
+        n = max(1, sum(step >= newest_step - window for step in self.steps[:-1]))
+        lags = torch.tensor([newest_step - step for step in self.steps[-n - 1 : -1]], dtype=torch.float64)
+        left = max(0, config.budget - newest_step)
         for masks in (self.head_masks, self.ffn_masks):
-            newest, previous = masks[-1], torch.stack(masks[first:-1])
-            if ((previous ^ newest).float().mean(dim=1) >= eps).any():
+            distances = (torch.stack(masks[-n - 1 : -1]) ^ masks[-1]).double().mean(dim=1)
+            if forecast_distance(lags, distances, left) >= config.epsilon:
                 return False
         return True
 
