@@ -6,20 +6,22 @@
     eb.remove_gates(model); eb.prune(model, ticket)  # 3. slim model: train it, save_pretrained, reload with Auto*
 
 Importing earlybert registers the slim model classes with transformers' Auto classes, and widens oneDNN's
-kernel cache (ONEDNN_CACHE_CAPACITY) unless the environment already sets it.
+kernel cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY) unless the environment already sets it.
 """
 
 import os
 
 # oneDNN, PyTorch's CPU backend for bf16 matrix products, keeps its compiled kernels in a cache keyed by shape, 1,024
 # entries by default. Batches padded to their longest sequence bring a new set of shapes with nearly every length,
-# and a pruned model has a different FFN width in every layer, so a fine-tuning run cycles through thousands of
-# shapes and, with the default, recompiles kernels at nearly every step: measured on MiniLM with real SST-2 batches,
-# the full model's step 6% and the slim model's 11% slower (bench/shape_cache.py). The capacity is read once, when
-# the first kernel is built, so it is set here, before anything runs; a value the user set wins. Results are
-# unchanged: a kernel built again is the same kernel.
+# and a pruned model has a different FFN width in every layer, so a fine-tuning run cycles through more shapes than
+# that and rebuilds kernels as it goes: measured on MiniLM with real SST-2 batches, the default cache left the full
+# step 3% and the slim step 7% slower than 16,384 entries (bench/results/shape_cache_cpu.md; peak memory did not
+# grow). oneDNN reads the capacity once, when it builds its first kernel, so it is set here, on import; importing
+# torch first is fine, running a bf16 product first is not. A value the user set, under either of oneDNN's names,
+# wins. Results are unchanged: a kernel built again is the same kernel.
 ONEDNN_CACHE_CAPACITY = 16384
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+if not {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"} & set(os.environ):
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)
 
 from .archs import ARCHS, Arch, get_arch, layer_shapes
 from .flops import count_flops

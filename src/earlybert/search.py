@@ -8,11 +8,11 @@ is spent. `search()` is a complete minimal loop built on it, for users without t
 The early-bird rule of You et al. 2020 (and of the paper) compares the newest mask with the previous
 `patience` recorded masks. On its own that does not measure convergence: how far apart those records are in
 steps is an accident of the recording interval, and a mask that drifts slowly passes it when recorded often
-(measured: each mask within 0.1 of the previous five, the first and last 0.3 apart). Here the rule also asks
-the question the stop is for: would the rest of the budget still change the ticket? Over a trailing *window of
-steps* (a fixed share of the budget) it fits the distance between the newest mask and each earlier one as a
-line in their distance in steps, d(lag) = swap + drift * lag, and stops only when swap + drift * (steps left in
-the budget) < epsilon. A mask that drifts by `drift` per step therefore passes only once the remaining steps
+(measured: each mask within 0.1 of the previous five, the first and last 0.3 apart). Here (window > 0) the rule
+instead asks the question the stop is for: would the rest of the budget still change the ticket? Over a trailing
+*window of steps* (a fixed share of the budget) it fits the distance between the newest mask and each earlier
+one as a line in their distance in steps, d(lag) = swap + drift * lag, and stops only when swap + drift *
+(steps left in the budget) < epsilon. A mask that drifts by `drift` per step therefore passes only once the remaining steps
 cannot move it by epsilon, whatever the recording interval; units that only swap back and forth at the pruning
 threshold add to `swap`, not to `drift`, and do not block the stop. `window=0` is the paper's rule exactly.
 """
@@ -38,17 +38,21 @@ logger = logging.getLogger(__name__)
 # The early-bird rule's trailing window as a share of the search budget: the steps its drift is measured over
 # (bench/results/early_bird_cpu.md replays the rule on recorded searches): see SearchConfig.
 EARLY_BIRD_WINDOW = 0.25
+# Earlier records the window must hold before the windowed rule may stop: two distances at two lags are the least
+# a line can be fitted to; with fewer the drift is unknown, so a search with records sparser than that runs on.
+MIN_WINDOW_RECORDS = 2
 
 
 @dataclass
 class SearchConfig:
     """When the search stops.
 
-    epsilon, patience, window: the early-bird rule; stop once the newest mask is within normalised Hamming
-        distance `epsilon` (strictly less, heads and FFN alike) of each of the previous `patience` recorded
-        masks, and the distances to the masks of the last `window` x budget steps (the history must reach back
-        that far) forecast a distance under `epsilon` to the mask the rest of the budget would draw
-        (`forecast_distance`). window=0: the paper's rule (the previous `patience` masks only).
+    epsilon, window: the early-bird rule; stop once the distances (normalised Hamming) between the newest mask
+        and the masks recorded in the last `window` x budget steps (the history must reach back that far and
+        hold at least MIN_WINDOW_RECORDS of them) forecast a distance under `epsilon` (strictly, heads and FFN
+        alike) to the mask the rest of the budget would draw (`forecast_distance`).
+    patience: window=0 only, the paper's rule: the newest mask within `epsilon` of each of the previous
+        `patience` recorded masks. It counts records, not steps, so the windowed rule does not use it.
     max_steps: hard budget in optimizer steps; or
     max_epoch_fraction + steps_per_epoch: the budget as a fraction of an epoch (paper: 0.2 for fine-tuning).
         When both budgets are given the smaller wins; at least one must be given so a search always ends.
@@ -100,18 +104,18 @@ class SearchConfig:
 def forecast_distance(lags: torch.Tensor, distances: torch.Tensor, steps_left: int) -> float:
     """The distance the newest mask is forecast to have from the mask `steps_left` steps later.
 
-    lags, distances: how many steps back each earlier mask of the window was recorded, and its normalised Hamming
-    distance from the newest. A least-squares line d(lag) = swap + drift * lag separates units that only trade
-    places at the pruning threshold (`swap`: a distance that does not grow with the lag) from a ranking that is
-    still moving (`drift` per step); the forecast is swap + drift * steps_left. Written here because it is two
+    lags, distances: how many steps back each earlier mask of the window was recorded (at least two different
+    lags, all > 0), and its normalised Hamming distance from the newest. A least-squares line d(lag) = swap +
+    drift * lag separates units that only trade places at the pruning threshold (`swap`: a distance that does
+    not grow with the lag) from a ranking that is still moving (`drift` per step); the forecast is swap + drift *
+    steps_left. A falling line (masks further back are closer) counts as no drift. Written here because it is two
     moments of a handful of points, not worth a fitting library's call."""
     lags, distances = lags.double(), distances.double()
-    if len(lags) >= 2 and lags.var() > 0:
-        drift = ((lags - lags.mean()) * (distances - distances.mean())).sum() / ((lags - lags.mean()) ** 2).sum()
-        drift = drift.clamp_min(0)
-        swap = (distances - drift * lags).mean().clamp_min(0)
-    else:  # one lag only: all of its distance counts as drift, the cautious reading
-        drift, swap = (distances / lags).mean(), torch.zeros((), dtype=torch.float64)
+    if len(lags) != len(distances) or len(lags.unique()) < 2 or (lags <= 0).any():
+        raise ValueError("the forecast needs at least two different lags, all > 0, one distance each")
+    centred = lags - lags.mean()
+    drift = ((centred * (distances - distances.mean())).sum() / (centred**2).sum()).clamp_min(0)
+    swap = (distances - drift * lags).mean().clamp_min(0)
     return float(swap + drift * steps_left)
 
 
@@ -203,15 +207,14 @@ class EarlyBird:
             return all(((torch.stack(masks[-k - 1 : -1]) ^ masks[-1]).float().mean(dim=1) < config.epsilon).all()
                        for masks in (self.head_masks, self.ffn_masks))
         window = config.window_steps
-        if len(self.steps) < 2 or self.steps[0] > newest_step - window:
+        n = sum(step >= newest_step - window for step in self.steps[:-1])  # earlier records inside the window
+        if n < MIN_WINDOW_RECORDS or self.steps[0] > newest_step - window:
             return False
-        # the records inside the window; with none there (records sparser than the window), the nearest before it
-        n = max(1, sum(step >= newest_step - window for step in self.steps[:-1]))
         lags = torch.tensor([newest_step - step for step in self.steps[-n - 1 : -1]], dtype=torch.float64)
         left = max(0, config.budget - newest_step)
         for masks in (self.head_masks, self.ffn_masks):
             distances = (torch.stack(masks[-n - 1 : -1]) ^ masks[-1]).double().mean(dim=1)
-            if forecast_distance(lags, distances, left) >= config.epsilon:
+            if not forecast_distance(lags, distances, left) < config.epsilon:
                 return False
         return True
 
@@ -344,7 +347,10 @@ def run_search(model: nn.Module, dataset, collate_fn: Callable, train_config, se
             tracker=tracker, optimizer_fn=penalized_optimizer, budget=budget,
         )
         ticket, agreed = broadcast_ticket(tracker.ticket, accelerator)
-        done = {"stage": {**result.summary(), "budget": search_config.budget}, "losses": result.losses,
+        # which early-bird rule ran: "forecast" is the windowed rule since it forecasts the budget's ticket
+        rule = "forecast" if search_config.window else "paper"
+        done = {"stage": {**result.summary(), "budget": search_config.budget, "early_bird_rule": rule},
+                "losses": result.losses,
                 "step_times": result.step_times, "processes": accelerator.num_processes,
                 "ranks_drew_same_ticket": agreed}
         folder.write_json("ticket.json", ticket.to_dict())
