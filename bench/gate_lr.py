@@ -27,11 +27,12 @@ import torch
 
 from earlybert.finetune import FinetuneConfig, finetune
 from earlybert.gates import GateConfig
-from earlybert.search import EarlyBird, SearchConfig
+from earlybert.search import EarlyBird
 from earlybert.runs import atomic_write_text
 from earlybert.ticket import Ticket
 
-from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
+from early_bird import replay  # noqa: E402  (bench/ is the script's folder)
+from machine import cpu_name, minilm_path, native_bf16  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
@@ -57,28 +58,17 @@ RULES = {  # (window as a share of the budget, epsilon); window 0 is the paper's
 
 def replay_rules(history: dict, budget: int) -> dict:
     """Where each candidate early-bird rule would have stopped on the recorded masks (every step, and every 4th
-    step), and how far the ticket drawn there is from the one the whole budget drew."""
+    step), and how far the ticket drawn there is from the one the whole budget drew (early_bird.replay)."""
     full = EarlyBird()
     full.load_state_dict(history)
-    heads, ffn = full.distance_matrix("heads"), full.distance_matrix("ffn")
     out = {}
     for name, (window, epsilon) in RULES.items():
         verdicts = {}
         for every in (1, 4):
-            tracker = EarlyBird(search_config=SearchConfig(epsilon=epsilon, window=window, max_steps=budget))
-            tracker.num_heads, tracker.ffn_sizes = full.num_heads, full.ffn_sizes
-            fired = None
-            for i, step in enumerate(full.steps):
-                if step % every and step != budget:
-                    continue
-                tracker.steps.append(step)
-                tracker.head_masks.append(full.head_masks[i])
-                tracker.ffn_masks.append(full.ffn_masks[i])
-                if tracker.converged():
-                    fired = (step, float(heads[i, -1]), float(ffn[i, -1]))
-                    break
+            fired = replay(full, budget, every, {"window": window, "epsilon": epsilon})
             verdicts[f"every_{every}"] = None if fired is None else {
-                "step": fired[0], "heads_to_budget_ticket": fired[1], "ffn_to_budget_ticket": fired[2]}
+                "step": fired["step"], "heads_to_budget_ticket": fired["heads_to_last"],
+                "ffn_to_budget_ticket": fired["ffn_to_last"]}
         out[name] = verdicts
     return out
 

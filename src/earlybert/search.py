@@ -12,9 +12,10 @@ steps is an accident of the recording interval, and a mask that drifts slowly pa
 instead asks the question the stop is for: would the rest of the budget still change the ticket? Over a trailing
 *window of steps* (a fixed share of the budget) it fits the distance between the newest mask and each earlier
 one as a line in their distance in steps, d(lag) = swap + drift * lag, and stops only when swap + drift *
-(steps left in the budget) < epsilon. A mask that drifts by `drift` per step therefore passes only once the remaining steps
-cannot move it by epsilon, whatever the recording interval; units that only swap back and forth at the pruning
-threshold add to `swap`, not to `drift`, and do not block the stop. `window=0` is the paper's rule exactly.
+(steps left in the budget) < epsilon. A mask that drifts by `drift` per step therefore passes only once the
+remaining steps cannot move it by epsilon, whatever the recording interval; units that only swap back and forth at
+the pruning threshold add to `swap`, not to `drift`, and do not block the stop. `window=0` is the paper's rule
+exactly.
 """
 
 from __future__ import annotations
