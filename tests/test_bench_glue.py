@@ -70,6 +70,15 @@ def test_summary_pairs_methods_of_the_same_task_and_seed(glue):
     assert s["earlybert_minus_random"] == pytest.approx(((4 + 3) / 2 + 8) / 2)
     assert s["time_saved"] == pytest.approx(((0.5 + 0.4) / 2 + 0.5) / 2)
     assert s["earlybert_minus_full_all_pairs"]["n"] == 3
+    # random saved 0.55 and 0.55 on sst2 (spread 0), one pair on rte (no spread): pooled std 0
+    assert s["random_time_saved_std_within_task"] == pytest.approx(0.0)
+    assert "single_run_estimate_minus_measured" not in s  # no run carried an estimate
+    runs[2]["total_step_time_s"] = 35  # sst2 random seed 1 saves 0.65 against seed 2's 0.55
+    runs[1]["fraction_saved_vs_estimated_full"], runs[4]["fraction_saved_vs_estimated_full"] = 0.52, 0.35
+    s = glue.summary(runs)
+    assert s["random_time_saved_std_within_task"] == pytest.approx(0.1 / 2 ** 0.5)
+    e = s["single_run_estimate_minus_measured"]
+    assert (e["within_3_points"], e["n"]) == (1, 2) and e["max_abs"] == pytest.approx(0.05)
 
 
 def test_variants_are_compared_with_full_of_the_same_task_and_seed(glue):
