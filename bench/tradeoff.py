@@ -84,6 +84,32 @@ def run_mlm(args, runs: Path) -> dict:
             "task_search": row(by_task), "mlm_search": row(by_mlm)}
 
 
+def direction(points: list[dict]) -> dict | None:
+    """The paper's direction on the grid: more pruning saves more time and scores lower. Rank correlations of the
+    measured saving and the score with the FLOP saving (the amount pruned), and every pair of grid neighbours (one
+    more head per layer, or the next FFN ratio) where the measured saving falls or the score rises."""
+    from scipy.stats import spearmanr
+
+    if len(points) < 3:
+        return None
+    by = {(p["heads"], p["ffn_ratio"]): p for p in points}
+    heads, ratios = sorted({p["heads"] for p in points}), sorted({p["ffn_ratio"] for p in points})
+    neighbours = [((h, r), (heads[i + 1], r)) for i, h in enumerate(heads[:-1]) for r in ratios] + \
+                 [((h, r), (h, ratios[i + 1])) for i, r in enumerate(ratios[:-1]) for h in heads]
+    neighbours = [(by[a], by[b]) for a, b in neighbours if a in by and b in by]
+    name = lambda p: f"{p['heads']}h/{p['ffn_ratio']:.0%}"  # noqa: E731
+    flops = [p["theoretical_saved"] for p in points]
+    return {
+        "spearman_time_saved_vs_flops": float(spearmanr(flops, [p["time_saved"] for p in points]).statistic),
+        "spearman_score_vs_flops": float(spearmanr(flops, [p["score"] for p in points]).statistic),
+        "neighbours": len(neighbours),
+        "time_saved_falls": [f"{name(a)} -> {name(b)}: {a['time_saved']:.1%} -> {b['time_saved']:.1%}"
+                             for a, b in neighbours if b["time_saved"] < a["time_saved"]],
+        "score_rises": [f"{name(a)} -> {name(b)}: {a['score']:.2f} -> {b['score']:.2f}"
+                        for a, b in neighbours if b["score"] > a["score"]],
+    }
+
+
 def stop_results(runs: Path) -> dict | None:
     done = runs / "stop" / "results.json"
     return json.loads(done.read_text()) if done.exists() else None
@@ -101,6 +127,7 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
         "settings": {"task": "sst2", "train_samples": args.train_samples, "seed": args.seed,
                      "heads": args.heads, "ffn_ratios": args.ffn_ratios, "stop_at": list(STOP_AT)},
         "full": swept and swept["full"], "search": swept and swept["search"], "points": points,
+        "direction": direction(points),
         "sweep_finished": bool(swept) and swept["runs_finished"] == swept["runs_total"],
         "stop": stop_results(runs), "mlm_vs_task": parts.get("mlm"), "notes": parts.get("notes", []),
         "elapsed_s": time.time() - started,
@@ -122,6 +149,16 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
                 shutil.copyfile(figure, out.with_name(f"{out.name}_{name}.png"))
             body = report.read_text().split("\n", 1)[1].replace("](tradeoff.png)", f"]({out.name}_sweep.png)")
             lines += [f"## {title}", body.replace("](ablation.png)", f"]({out.name}_stop.png)"), ""]
+            if name == "sweep" and results["direction"]:
+                d = results["direction"]
+                lines += ["The paper's direction (more pruning: more time saved, lower score), over the grid: rank "
+                          f"correlation with the FLOP saving {d['spearman_time_saved_vs_flops']:+.2f} for the "
+                          f"measured saving, {d['spearman_score_vs_flops']:+.2f} for the score. Of {d['neighbours']} "
+                          "pairs of grid neighbours (one more head pruned per layer, or the next FFN ratio), the "
+                          f"measured saving falls in {len(d['time_saved_falls'])}"
+                          + (f" ({'; '.join(d['time_saved_falls'])})" if d["time_saved_falls"] else "")
+                          + f" and the score rises in {len(d['score_rises'])}"
+                          + (f" ({'; '.join(d['score_rises'])})" if d["score_rises"] else "") + ".", ""]
     if results["mlm_vs_task"]:
         m = results["mlm_vs_task"]
         lines += ["## MLM-objective search against task-loss search", "",

@@ -300,10 +300,18 @@ def plot_sweep(results: dict, path: Path) -> None:
         for i, p in enumerate(chosen):
             ax.errorbar(100 * p["time_saved"], p["score"], xerr=100 * (p["time_saved_std"] or 0),
                         yerr=p["score_std"] or 0, fmt="o", color=colour, capsize=3, label=None if i else label)
-    for p in done:
+    # Points close together (equal savings within a point, near-equal scores) would print their labels over each
+    # other: a label goes under its point when one above the same spot is taken.
+    xs, ys = [100 * p["time_saved"] for p in done], [p["score"] for p in done]
+    y_span = (max(ys) - min(ys)) or 1.0
+    above: list[tuple[float, float]] = []
+    for p, x, y in sorted(zip(done, xs, ys), key=lambda t: (t[1], t[2])):
         heads = f"{p['heads']}h" if isinstance(p["heads"], int) else f"{p['heads']:.0%}h"
-        ax.annotate(f"{heads} / {p['ffn_ratio']:.0%}", (100 * p["time_saved"], p["score"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
+        crowded = any(abs(x - x2) < 1.5 and abs(y - y2) < 0.06 * y_span for x2, y2 in above)
+        if not crowded:
+            above.append((x, y))
+        ax.annotate(f"{heads} / {p['ffn_ratio']:.0%}", (x, y), fontsize=7, textcoords="offset points",
+                    xytext=(4, -11) if crowded else (4, 4))
     front = sorted((100 * p["time_saved"], p["score"]) for p in done if p.get("pareto"))
     if len(front) > 1:
         ax.plot(*zip(*front), color="#d62728", linewidth=1, alpha=0.7)

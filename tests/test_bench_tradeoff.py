@@ -1,0 +1,45 @@
+"""bench/tradeoff.py's check of the paper's direction on the sweep's grid (more pruning: more time saved, lower
+score), which its report states."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tradeoff():
+    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its sibling machine.py, as when run directly
+    try:
+        spec = importlib.util.spec_from_file_location("tradeoff_bench", ROOT / "bench" / "tradeoff.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def point(heads, ratio, time_saved, score):
+    return {"heads": heads, "ffn_ratio": ratio, "theoretical_saved": 0.1 * heads + ratio, "time_saved": time_saved,
+            "score": score}
+
+
+def test_a_grid_in_the_papers_direction_has_no_exceptions(tradeoff):
+    points = [point(h, r, 0.1 * h + r, 90 - h - 10 * r) for h in (3, 4, 5) for r in (0.3, 0.5)]
+    d = tradeoff.direction(points)
+    assert d["spearman_time_saved_vs_flops"] == pytest.approx(1.0)
+    assert d["spearman_score_vs_flops"] == pytest.approx(-1.0)
+    assert d["neighbours"] == 2 * 2 + 3 and d["time_saved_falls"] == [] and d["score_rises"] == []
+
+
+def test_the_exceptions_are_named(tradeoff):
+    points = [point(3, 0.3, 0.38, 84.0), point(3, 0.4, 0.36, 84.2), point(4, 0.3, 0.39, 85.0),
+              point(4, 0.4, 0.41, 85.1)]
+    d = tradeoff.direction(points)
+    assert d["time_saved_falls"] == ["3h/30% -> 3h/40%: 38.0% -> 36.0%"]
+    assert d["score_rises"] == ["3h/30% -> 4h/30%: 84.00 -> 85.00", "3h/40% -> 4h/40%: 84.20 -> 85.10",
+                                "3h/30% -> 3h/40%: 84.00 -> 84.20", "4h/30% -> 4h/40%: 85.00 -> 85.10"]
+    assert tradeoff.direction(points[:2]) is None  # two points rank nothing
