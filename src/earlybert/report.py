@@ -303,7 +303,7 @@ def plot_sweep(results: dict, path: Path) -> None:
     # Points close together (equal savings within a point, near-equal scores) would print their labels over each
     # other: a label goes under its point when one above the same spot is taken.
     xs, ys = [100 * p["time_saved"] for p in done], [p["score"] for p in done]
-    y_span = (max(ys) - min(ys)) or 1.0
+    y_span = (max(ys) - min(ys) if ys else 0.0) or 1.0  # no point finished yet, or all at one score
     above: list[tuple[float, float]] = []
     for p, x, y in sorted(zip(done, xs, ys), key=lambda t: (t[1], t[2])):
         heads = f"{p['heads']}h" if isinstance(p["heads"], int) else f"{p['heads']:.0%}h"
