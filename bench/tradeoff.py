@@ -8,6 +8,8 @@ at CPU scale), and the MLM-objective search against the task-loss search.
    each charged the search up to its step.
 3. MLM-objective search against the task-loss search (`--search-objective mlm`), only with --mlm-model: a
    checkpoint with masked-LM head weights (MiniLM-L6 ships none, so it cannot search on the MLM loss).
+4. A target saving (`finetune --target-saving`, default 0.45): the ratios the tool picks, the saving it predicted,
+   its own estimate after the run, and the saving measured against the sweep's full baseline (same seed and data).
 
 Every part uses the package's defaults (the gate learning rate, the early-bird rule, 2 slim epochs at 2x lr) on a
 fixed 10,000-sentence subset of SST-2's training set, seed 1, evaluated on the whole dev set.
@@ -15,6 +17,7 @@ fixed 10,000-sentence subset of SST-2's training set, seed 1, evaluated on the w
     python bench/tradeoff.py                       # sweep, then stop-time ablation (resumable: rerun to continue)
     python bench/tradeoff.py --parts sweep         # one part
     python bench/tradeoff.py --parts mlm --mlm-model DIR
+    python bench/tradeoff.py --parts target      # after the sweep, whose full baseline it is measured against
 
 Runs live in bench/runs/tradeoff/ (not committed); the summary goes to bench/results/tradeoff_cpu.json and .md
 (and the figures beside them) after every part, a partial part marked as such.
@@ -43,13 +46,15 @@ from earlybert.compare import compare  # noqa: E402
 from earlybert.finetune import FinetuneConfig  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
 from earlybert.sweep import FFN_RATIOS, HEADS, make_grid, parse_values, summarise, sweep  # noqa: E402
+from earlybert.target import finetune_to_target  # noqa: E402
 
 from machine import cpu_name, minilm_path, native_bf16  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
 TRAIN_SAMPLES = 10_000
-PARTS = ("sweep", "stop", "mlm")
+PARTS = ("sweep", "stop", "mlm", "target")
+TARGET_SAVING = 0.45  # the saving the GLUE benchmark aims at
 
 
 def base_config(args, output: Path, model: str | None = None) -> FinetuneConfig:
@@ -110,6 +115,22 @@ def direction(points: list[dict]) -> dict | None:
     }
 
 
+def run_target(args, runs: Path) -> dict:
+    """`finetune --target-saving` on the sweep's data and seed: the pick, the predicted saving, the run's own
+    estimate, and the saving against the sweep's full baseline, when that has run."""
+    out = runs / "target"
+    result = finetune_to_target(base_config(args, out), args.target_saving, resume=True)
+    run = json.loads((out / result["run"] / "results.json").read_text())
+    full_file = runs / "sweep" / f"full-seed{args.seed}" / "results.json"
+    full = json.loads(full_file.read_text()) if full_file.exists() else None
+    return {"target": args.target_saving, "picked": result["picked"], "score": result["score"],
+            "predicted_saving": result["predicted_saving"], "predicted_saving_flops": result["predicted_saving_flops"],
+            "estimated_saving": result["measured_saving"],
+            "measured_saving": full and 1 - run["total_step_time_s"] / full["total_step_time_s"],
+            "full_score": full and full["score"], "search_steps": run["stages"]["search"]["steps"],
+            "search_stop": run["stages"]["search"]["stop_reason"]}
+
+
 def stop_results(runs: Path) -> dict | None:
     done = runs / "stop" / "results.json"
     return json.loads(done.read_text()) if done.exists() else None
@@ -129,7 +150,8 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
         "full": swept and swept["full"], "search": swept and swept["search"], "points": points,
         "direction": direction(points),
         "sweep_finished": bool(swept) and swept["runs_finished"] == swept["runs_total"],
-        "stop": stop_results(runs), "mlm_vs_task": parts.get("mlm"), "notes": parts.get("notes", []),
+        "stop": stop_results(runs), "mlm_vs_task": parts.get("mlm"), "target_saving": parts.get("target"),
+        "notes": parts.get("notes", []),
         "elapsed_s": time.time() - started,
     }
     out = Path(args.output)
@@ -169,6 +191,15 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
                   *(f"| {k} | {m[k]['score']:.2f} | {m[k]['time_saved']:.1%} | {m[k]['search_steps']} "
                     f"({m[k]['search_stop']}) |" for k in ("task_search", "mlm_search")),
                   f"| (full fine-tuning) | {m['full']['score']:.2f} | 0 | - |", ""]
+    if results["target_saving"]:
+        t = results["target_saving"]
+        measured = "not measured (no sweep baseline)" if t["measured_saving"] is None else \
+            f"{t['measured_saving']:.1%} against the sweep's full baseline (score {t['full_score']:.2f})"
+        lines += [f"## Target saving {t['target']:.0%} (`finetune --target-saving {t['target']:g}`)", "",
+                  f"Picked {t['picked']['heads']} heads pruned per layer and {t['picked']['ffn_ratio']:.0%} of the FFN "
+                  f"neurons; predicted saving {t['predicted_saving']:.1%} (linear FLOPs: "
+                  f"{t['predicted_saving_flops']:.1%}); the run's own estimate {t['estimated_saving']:.1%}; measured "
+                  f"{measured}. Score {t['score']:.2f}; search {t['search_steps']} steps ({t['search_stop']}).", ""]
     lines += [f"- {n}" for n in results["notes"]]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
@@ -183,6 +214,7 @@ def main() -> None:
     parser.add_argument("--ffn-ratios", default=",".join(map(str, FFN_RATIOS)), help="FFN ratios, the sweep's grid")
     parser.add_argument("--train-samples", type=int, default=TRAIN_SAMPLES)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--target-saving", type=float, default=TARGET_SAVING, help="part target: the saving asked for")
     parser.add_argument("--runs", default=str(HERE / "runs" / "tradeoff"))
     parser.add_argument("--output", default=str(HERE / "results" / "tradeoff_cpu"))
     args = parser.parse_args()
@@ -196,13 +228,16 @@ def main() -> None:
     runs, started, done = Path(args.runs), time.time(), {"notes": []}
     previous = Path(args.output).with_suffix(".json")
     if previous.exists():  # a part run in an earlier sitting keeps its result
-        done["mlm"] = json.loads(previous.read_text()).get("mlm_vs_task")
+        earlier = json.loads(previous.read_text())
+        done["mlm"], done["target"] = earlier.get("mlm_vs_task"), earlier.get("target_saving")
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "sweep":
             sweep(base_config(args, runs / "sweep"), args.heads, args.ffn_ratios, [args.seed], resume=True)
         elif part == "stop":
             ablate_stop(base_config(args, runs / "stop"), STOP_AT, resume=True)
+        elif part == "target":
+            done["target"] = run_target(args, runs)
         else:
             done["mlm"] = run_mlm(args, runs)
         write_results(args, runs, started, done)

@@ -43,3 +43,29 @@ def test_the_exceptions_are_named(tradeoff):
     assert d["score_rises"] == ["3h/30% -> 4h/30%: 84.00 -> 85.00", "3h/40% -> 4h/40%: 84.20 -> 85.10",
                                 "3h/30% -> 3h/40%: 84.00 -> 84.20", "4h/30% -> 4h/40%: 85.00 -> 85.10"]
     assert tradeoff.direction(points[:2]) is None  # two points rank nothing
+
+
+def test_the_target_part_reports_the_pick_and_measures_against_the_sweeps_full_run(tradeoff, tiny_encoder, glue_dir,
+                                                                                   tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from earlybert import target as target_module
+
+    def time_as_flops(base, task_info, coefficients, point):  # as in test_target: the pick must not hang on timings
+        stage = json.loads((Path(base.output) / "search" / "results.json").read_text())["stage"]
+        step = stage["step_time_s"] / stage["steps"]
+        return {"full_mean_step_s": step, "slim_mean_step_s": step, "ratio": 1.0, "pairs": 0, "batches": 0}
+
+    monkeypatch.setattr(target_module, "_calibrate", time_as_flops)
+    monkeypatch.setattr(target_module, "overhead_share", lambda flop_ratio, time_ratio: 0.0)
+    args = argparse.Namespace(model=str(tiny_encoder), data=str(glue_dir), seed=3, train_samples=None,
+                              target_saving=0.15)
+    t = tradeoff.run_target(args, tmp_path)
+    assert t["target"] == 0.15 and t["predicted_saving"] >= 0.15 and t["measured_saving"] is None
+    run = json.loads((tmp_path / "target" / "run" / "results.json").read_text())
+    full = tmp_path / "sweep" / "full-seed3"
+    full.mkdir(parents=True)
+    (full / "results.json").write_text(json.dumps({"total_step_time_s": 2 * run["total_step_time_s"], "score": 50.0}))
+    again = tradeoff.run_target(args, tmp_path)  # finished: read back, now measured against the full run
+    assert again["measured_saving"] == pytest.approx(0.5) and again["picked"] == t["picked"]
