@@ -59,6 +59,8 @@ def test_the_target_part_reports_the_pick_and_measures_against_the_sweeps_full_r
 
     monkeypatch.setattr(target_module, "_calibrate", time_as_flops)
     monkeypatch.setattr(target_module, "overhead_share", lambda flop_ratio, time_ratio: 0.0)
+    # fp32 as every other test here: a bf16 run would need the process's accelerator state set up for bf16
+    monkeypatch.setattr(tradeoff, "native_bf16", lambda: False)
     args = argparse.Namespace(model=str(tiny_encoder), data=str(glue_dir), seed=3, train_samples=None,
                               target_saving=0.15)
     t = tradeoff.run_target(args, tmp_path)
