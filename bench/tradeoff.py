@@ -123,10 +123,22 @@ def run_target(args, runs: Path) -> dict:
     run = json.loads((out / result["run"] / "results.json").read_text())
     full_file = runs / "sweep" / f"full-seed{args.seed}" / "results.json"
     full = json.loads(full_file.read_text()) if full_file.exists() else None
+    # The sweep's full run is from another process and sitting, and this machine's speed drifts by several percent
+    # within an hour. Both sittings ran the same search (same data, seed and settings: the same computation), so
+    # the ratio of its step times measures the drift, and the full baseline is scaled by it.
+    sweep_search_file = runs / "sweep" / f"search-seed{args.seed}" / "results.json"
+    speed = None
+    if full and sweep_search_file.exists():
+        then = json.loads(sweep_search_file.read_text())["stage"]
+        now = json.loads((out / "search" / "results.json").read_text())["stage"]
+        if then["steps"] == now["steps"]:
+            speed = now["step_time_s"] / then["step_time_s"]
     return {"target": args.target_saving, "picked": result["picked"], "score": result["score"],
             "predicted_saving": result["predicted_saving"], "predicted_saving_flops": result["predicted_saving_flops"],
             "estimated_saving": result["measured_saving"],
             "measured_saving": full and 1 - run["total_step_time_s"] / full["total_step_time_s"],
+            "search_speed_vs_sweep": speed,
+            "measured_saving_drift_corrected": speed and 1 - run["total_step_time_s"] / (speed * full["total_step_time_s"]),
             "full_score": full and full["score"], "search_steps": run["stages"]["search"]["steps"],
             "search_stop": run["stages"]["search"]["stop_reason"]}
 
@@ -143,7 +155,7 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
                "theoretical_saved": p["theoretical_saved"], "kept_heads": p["kept_heads"], "kept_ffn": p["kept_ffn"]}
               for p in (swept or {}).get("points", []) if p["seeds"]]
     results = {
-        "command": " ".join(["python", *sys.argv]), "machine": {"cpu": cpu_name(), "python": platform.python_version(),
+        "command": " ".join(["python", *sys.argv]), "commands": parts.get("commands", []), "machine": {"cpu": cpu_name(), "python": platform.python_version(),
                                                                  "torch": torch.__version__},
         "settings": {"task": "sst2", "train_samples": args.train_samples, "seed": args.seed,
                      "heads": args.heads, "ffn_ratios": args.ffn_ratios, "stop_at": list(STOP_AT)},
@@ -160,7 +172,8 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
     model = Path(args.model).name if args.model else "MiniLM-L6"
     lines = [f"# Trade-off on SST-2 ({args.train_samples} training sentences), seed {args.seed}", "",
              f"Sweep and stop-time ablation: {model}.  ",
-             f"Command: `{results['command']}`  ", f"Machine: {results['machine']['cpu']}, torch "
+             "Commands (the parts run by each, in order): " + ", ".join(f"`{c}`" for c in results["commands"]) + "  ",
+             f"Machine: {results['machine']['cpu']}, torch "
              f"{results['machine']['torch']}, {torch.get_num_threads()} thread(s).", ""]
     for name, title in (("sweep", "Sweep: heads pruned per layer x FFN ratio"),
                         ("stop", "Stop-time ablation")):
@@ -195,6 +208,10 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
         t = results["target_saving"]
         measured = "not measured (no sweep baseline)" if t["measured_saving"] is None else \
             f"{t['measured_saving']:.1%} against the sweep's full baseline (score {t['full_score']:.2f})"
+        if t.get("search_speed_vs_sweep"):
+            measured += (f", {t['measured_saving_drift_corrected']:.1%} with that baseline scaled by the machine's "
+                         f"drift between the sittings (the same search took {t['search_speed_vs_sweep']:.3f}x "
+                         "the sweep's step time)")
         lines += [f"## Target saving {t['target']:.0%} (`finetune --target-saving {t['target']:g}`)", "",
                   f"Picked {t['picked']['heads']} heads pruned per layer and {t['picked']['ffn_ratio']:.0%} of the FFN "
                   f"neurons; predicted saving {t['predicted_saving']:.1%} (linear FLOPs: "
@@ -230,6 +247,9 @@ def main() -> None:
     if previous.exists():  # a part run in an earlier sitting keeps its result
         earlier = json.loads(previous.read_text())
         done["mlm"], done["target"] = earlier.get("mlm_vs_task"), earlier.get("target_saving")
+        done["commands"] = earlier.get("commands") or [earlier["command"]]
+    command = " ".join(["python", *sys.argv])
+    done["commands"] = [c for c in done.get("commands", []) if c != command] + [command]
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "sweep":

@@ -71,3 +71,11 @@ def test_the_target_part_reports_the_pick_and_measures_against_the_sweeps_full_r
     (full / "results.json").write_text(json.dumps({"total_step_time_s": 2 * run["total_step_time_s"], "score": 50.0}))
     again = tradeoff.run_target(args, tmp_path)  # finished: read back, now measured against the full run
     assert again["measured_saving"] == pytest.approx(0.5) and again["picked"] == t["picked"]
+    assert again["search_speed_vs_sweep"] is None  # no sweep search to measure the drift by
+    stage = json.loads((tmp_path / "target" / "search" / "results.json").read_text())["stage"]
+    (tmp_path / "sweep" / "search-seed3").mkdir()
+    (tmp_path / "sweep" / "search-seed3" / "results.json").write_text(json.dumps(
+        {"stage": {"steps": stage["steps"], "step_time_s": 2 * stage["step_time_s"]}}))  # the sweep's sitting: 2x slower
+    drift = tradeoff.run_target(args, tmp_path)
+    assert drift["search_speed_vs_sweep"] == pytest.approx(0.5)
+    assert drift["measured_saving_drift_corrected"] == pytest.approx(0.0)  # full scaled to this sitting: no saving
