@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -123,6 +125,21 @@ def write_sst2_like(path, n_train: int = 64, n_dev: int = 24, seed: int = 0):
     (task_dir / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n_train)) + "\n")
     (task_dir / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n_dev)) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def bench_script(name: str):
+    """bench/<name>.py loaded as a module, with bench/ on the import path while it is in use: the scripts import
+    their sibling machine.py, as when run directly."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(bench))
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,17 @@
 """bench/finetune_glue.py's own logic: training-set caps, the GLUE tarball a GPU machine brings, the work a
 (task, seed) group costs (what its time budget is scaled by), and the summary the issue's targets read."""
 
-import importlib.util
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_script
 
 
 @pytest.fixture(scope="module")
 def glue():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its sibling machine.py, as when run directly
-    try:
-        spec = importlib.util.spec_from_file_location("finetune_glue_bench", ROOT / "bench" / "finetune_glue.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with bench_script("finetune_glue") as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def test_training_set_caps(glue):

@@ -1,25 +1,15 @@
 """bench/search_length.py's summary: per stop time, the score over seeds, its paired difference from full
 fine-tuning of the same seeds (only where full ran), and the estimated saving."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its sibling machine.py, as when run directly
-    try:
-        spec = importlib.util.spec_from_file_location("search_length_bench", ROOT / "bench" / "search_length.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with bench_script("search_length") as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def ablation(scores, saved):

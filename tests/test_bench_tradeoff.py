@@ -1,25 +1,17 @@
 """bench/tradeoff.py's check of the paper's direction on the sweep's grid (more pruning: more time saved, lower
 score), which its report states."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_script
 
 
 @pytest.fixture(scope="module")
 def tradeoff():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its sibling machine.py, as when run directly
-    try:
-        spec = importlib.util.spec_from_file_location("tradeoff_bench", ROOT / "bench" / "tradeoff.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with bench_script("tradeoff") as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def point(heads, ratio, time_saved, score):
