@@ -68,6 +68,22 @@ def test_packed_sequences_and_cache(tiny_encoder, corpus, tmp_path):
     assert torch.equal(longer[0]["input_ids"][1:15], item[1:15])  # one cache serves every length
 
 
+def test_batching_lines_never_changes_the_token_file(tiny_encoder, tmp_path):
+    """Document boundaries at a batch's first or last line, an all-blank batch, a file whose length is a multiple
+    of the batch: every batch size writes what one batch of the whole file writes, one [SEP] per document."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    text = tmp_path / "docs.txt"
+    text.write_text("the cat\nsat\n\nthe dog\n\n\n\nran far\naway\n\nend\n")  # 12 lines, 4 documents
+    tokens = {}
+    for batch_lines in (1, 2, 3, 4, 6, 12, 1000):
+        path = mlm_data.tokenize_to_cache([text], tokenizer, tmp_path / f"b{batch_lines}", batch_lines=batch_lines)
+        tokens[batch_lines] = np.fromfile(path, dtype=mlm_data.TOKEN_DTYPE).tolist()
+    assert all(t == tokens[1000] for t in tokens.values())
+    assert tokens[1000].count(tokenizer.sep_token_id) == 4 and tokens[1000][-1] == tokenizer.sep_token_id
+
+
 def test_bad_text_inputs(tmp_path, tiny_encoder):
     from transformers import AutoTokenizer
 

@@ -62,8 +62,14 @@ def _files_key(files: list[Path], extra: bytes = b"") -> str:
     return h.hexdigest()[:16]
 
 
+# Bumped when the token file's layout changes, so that no cache written by an older layout is read back.
+# 2: a document boundary that falls between two batches of lines is kept (1 lost it).
+TOKEN_CACHE_VERSION = 2
+
+
 def _cache_key(files: list[Path], tokenizer) -> str:
-    return _files_key(files, json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return _files_key(files, f"v{TOKEN_CACHE_VERSION}|{vocab}".encode())
 
 
 TRAIN_TOKENIZER_PREFIX = "wordpiece:"  # `--tokenizer wordpiece:16000` trains a vocabulary on the corpus itself
@@ -124,7 +130,7 @@ def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines
     if target.exists():
         return target
     sep = tokenizer.sep_token_id
-    total = 0
+    total, in_document = 0, False
     with atomic_writer(target, "wb") as out:
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as lines:
@@ -132,28 +138,37 @@ def tokenize_to_cache(files: list[Path], tokenizer, cache_dir: Path, batch_lines
                 for line in lines:
                     batch.append(line.strip())
                     if len(batch) == batch_lines:
-                        total += _write_batch(out, batch, tokenizer, sep)
+                        written, in_document = _write_batch(out, batch, tokenizer, sep, in_document)
+                        total += written
                         batch = []
-                total += _write_batch(out, batch + [""], tokenizer, sep)  # a file ends its last document
+                # a file ends its last document
+                written, in_document = _write_batch(out, batch + [""], tokenizer, sep, in_document)
+                total += written
         if total == 0:  # raised inside the writer: nothing is left behind
             raise ValueError("the text files hold no tokens")
     return target
 
 
-def _write_batch(out, lines: list[str], tokenizer, sep: int) -> int:
-    if not lines:
-        return 0
+def _write_batch(out, lines: list[str], tokenizer, sep: int, in_document: bool) -> tuple[int, bool]:
+    """Appends `lines`' tokens to `out`, [SEP] at each blank line that ends a document; returns the number of ids
+    written and whether the stream now ends inside a document. That state crosses batches: a boundary at a
+    batch's first line closes the document the previous batch left open, and an all-blank batch tokenizes nothing
+    (the tokenizer rejects an empty list)."""
+    text = [line for line in lines if line]
     # verbose=False: lines longer than the model's length are expected here (they are cut when packed), so
     # transformers' "sequence length is longer than the specified maximum" warning would only mislead.
-    ids = tokenizer([l for l in lines if l], add_special_tokens=False, verbose=False)["input_ids"]
-    stream, it = [], iter(ids)
+    ids = iter(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else ())
+    stream: list[int] = []
     for line in lines:
         if line:
-            stream.extend(next(it))
-        elif stream and stream[-1] != sep:
+            tokens = next(ids)
+            stream.extend(tokens)
+            in_document = in_document or bool(tokens)
+        elif in_document:
             stream.append(sep)  # document boundary
+            in_document = False
     np.asarray(stream, dtype=TOKEN_DTYPE).tofile(out)
-    return len(stream)
+    return len(stream), in_document
 
 
 @dataclass
