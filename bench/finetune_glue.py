@@ -55,7 +55,7 @@ from earlybert.report import comparison_table  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
 from earlybert.ticket import TicketConfig  # noqa: E402
 
-from machine import cpu_name, minilm_path, native_bf16  # noqa: E402  (bench/ is the script's folder)
+from machine import cpu_name, minilm_path, mixed_precision  # noqa: E402  (bench/ is the script's folder)
 
 logger = logging.getLogger("finetune_glue")
 
@@ -367,8 +367,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(HERE / "results" / "finetune_glue_cpu"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    bf16 = torch.cuda.is_available() or native_bf16()
-    mixed = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if bf16 else "no")
+    mixed = args.mixed_precision if args.mixed_precision != "auto" else mixed_precision()
     caps = parse_samples(args.train_samples)
     model = args.model or minilm_path()
     started = time.time()

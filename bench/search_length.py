@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from earlybert.cli import main as earlybert  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
 
-from machine import cpu_name, minilm_path, native_bf16  # noqa: E402
+from machine import cpu_name, minilm_path, mixed_precision  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STOPS = "0.2,0.4,1.0"
@@ -42,7 +42,7 @@ def ablate(args, seed: int) -> dict:
     out = Path(args.runs) / f"stop-seed{seed}"
     argv = ["ablate", "stop", "--model", args.model or minilm_path(), "--task", args.task, "--data", args.data,
             "--output", str(out), "--lr", str(args.lr), "--seed", str(seed), "--stop-at", args.stop_at, "--resume",
-            "--mixed-precision", "bf16" if torch.cuda.is_available() or native_bf16() else "no"]
+            "--mixed-precision", mixed_precision()]
     if earlybert(argv) != 0:
         raise SystemExit(f"search_length.py: error: earlybert {' '.join(argv)} failed")
     return json.loads((out / "results.json").read_text())

@@ -48,7 +48,7 @@ from earlybert.runs import atomic_write_text  # noqa: E402
 from earlybert.sweep import FFN_RATIOS, HEADS, make_grid, parse_values, summarise, sweep  # noqa: E402
 from earlybert.target import finetune_to_target  # noqa: E402
 
-from machine import cpu_name, minilm_path, native_bf16  # noqa: E402
+from machine import cpu_name, minilm_path, mixed_precision  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "glue"
@@ -58,10 +58,9 @@ TARGET_SAVING = 0.45  # the saving the GLUE benchmark aims at
 
 
 def base_config(args, output: Path, model: str | None = None) -> FinetuneConfig:
-    bf16 = torch.cuda.is_available() or native_bf16()
     return FinetuneConfig(model=model or args.model or minilm_path(), task="sst2", data=str(args.data),
                           output=str(output), method="earlybert", seed=args.seed,
-                          max_train_samples=args.train_samples, mixed_precision="bf16" if bf16 else "no")
+                          max_train_samples=args.train_samples, mixed_precision=mixed_precision())
 
 
 def run_mlm(args, runs: Path) -> dict:
@@ -138,7 +137,8 @@ def run_target(args, runs: Path) -> dict:
             "estimated_saving": result["measured_saving"],
             "measured_saving": full and 1 - run["total_step_time_s"] / full["total_step_time_s"],
             "search_speed_vs_sweep": speed,
-            "measured_saving_drift_corrected": speed and 1 - run["total_step_time_s"] / (speed * full["total_step_time_s"]),
+            "measured_saving_drift_corrected":
+                speed and 1 - run["total_step_time_s"] / (speed * full["total_step_time_s"]),
             "full_score": full and full["score"], "search_steps": run["stages"]["search"]["steps"],
             "search_stop": run["stages"]["search"]["stop_reason"]}
 
@@ -155,8 +155,8 @@ def write_results(args, runs: Path, started: float, parts: dict) -> None:
                "theoretical_saved": p["theoretical_saved"], "kept_heads": p["kept_heads"], "kept_ffn": p["kept_ffn"]}
               for p in (swept or {}).get("points", []) if p["seeds"]]
     results = {
-        "command": " ".join(["python", *sys.argv]), "commands": parts.get("commands", []), "machine": {"cpu": cpu_name(), "python": platform.python_version(),
-                                                                 "torch": torch.__version__},
+        "command": " ".join(["python", *sys.argv]), "commands": parts.get("commands", []),
+        "machine": {"cpu": cpu_name(), "python": platform.python_version(), "torch": torch.__version__},
         "settings": {"task": "sst2", "train_samples": args.train_samples, "seed": args.seed,
                      "heads": args.heads, "ffn_ratios": args.ffn_ratios, "stop_at": list(STOP_AT)},
         "full": swept and swept["full"], "search": swept and swept["search"], "points": points,

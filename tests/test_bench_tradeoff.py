@@ -52,7 +52,7 @@ def test_the_target_part_reports_the_pick_and_measures_against_the_sweeps_full_r
     monkeypatch.setattr(target_module, "_calibrate", time_as_flops)
     monkeypatch.setattr(target_module, "overhead_share", lambda flop_ratio, time_ratio: 0.0)
     # fp32 as every other test here: a bf16 run would need the process's accelerator state set up for bf16
-    monkeypatch.setattr(tradeoff, "native_bf16", lambda: False)
+    monkeypatch.setattr(tradeoff, "mixed_precision", lambda: "no")
     args = argparse.Namespace(model=str(tiny_encoder), data=str(glue_dir), seed=3, train_samples=None,
                               target_saving=0.15)
     t = tradeoff.run_target(args, tmp_path)
@@ -66,8 +66,8 @@ def test_the_target_part_reports_the_pick_and_measures_against_the_sweeps_full_r
     assert again["search_speed_vs_sweep"] is None  # no sweep search to measure the drift by
     stage = json.loads((tmp_path / "target" / "search" / "results.json").read_text())["stage"]
     (tmp_path / "sweep" / "search-seed3").mkdir()
-    (tmp_path / "sweep" / "search-seed3" / "results.json").write_text(json.dumps(
-        {"stage": {"steps": stage["steps"], "step_time_s": 2 * stage["step_time_s"]}}))  # the sweep's sitting: 2x slower
+    slower = {"steps": stage["steps"], "step_time_s": 2 * stage["step_time_s"]}  # the sweep's sitting: 2x slower
+    (tmp_path / "sweep" / "search-seed3" / "results.json").write_text(json.dumps({"stage": slower}))
     drift = tradeoff.run_target(args, tmp_path)
     assert drift["search_speed_vs_sweep"] == pytest.approx(0.5)
     assert drift["measured_saving_drift_corrected"] == pytest.approx(0.0)  # full scaled to this sitting: no saving
