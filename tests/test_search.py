@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import numpy as np
@@ -70,6 +71,27 @@ def test_a_slowly_drifting_mask_passes_only_once_the_rest_of_the_budget_cannot_m
         assert eb.mask_distance(ticket, final).ffn < 0.098  # the ticket the whole budget would draw, near enough
     # the same drift over a budget five times as long is still far from settled at step 200
     assert run_rule(records, epsilon=0.098, patience=5, window=0.25, max_steps=1000) is None
+
+
+def test_the_windowed_rule_computes_on_the_device_of_the_masks(monkeypatch):
+    # A search on a GPU draws its masks there; the rule once built its lags on the host and crashed on every GPU
+    # run. 'meta' stands in for the accelerator on a machine without one.
+    devices = []
+
+    def forecast(lags, distances, steps_left):
+        devices.append((lags.device, distances.device))
+        return 0.0  # meta tensors hold no values: the verdict itself is tested above
+
+    # the module, not the function that `earlybert.search` names on the package
+    monkeypatch.setattr(importlib.import_module("earlybert.search"), "forecast_distance", forecast)
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, window=0.25, max_steps=100))
+    meta = torch.device("meta")
+    for step in range(1, 40):
+        tracker._append(step, [4], [20], torch.zeros(4, dtype=torch.bool, device=meta),
+                        torch.zeros(20, dtype=torch.bool, device=meta))
+        if tracker.converged():
+            break
+    assert step == 26 and devices == [(meta, meta)] * 2  # heads, then FFN
 
 
 def test_the_forecast_separates_threshold_swaps_from_drift():

@@ -211,10 +211,12 @@ class EarlyBird:
         n = sum(step >= newest_step - window for step in self.steps[:-1])  # earlier records inside the window
         if n < MIN_WINDOW_RECORDS or self.steps[0] > newest_step - window:
             return False
-        lags = torch.tensor([newest_step - step for step in self.steps[-n - 1 : -1]], dtype=torch.float64)
+        lag_list = [newest_step - step for step in self.steps[-n - 1 : -1]]
         left = max(0, config.budget - newest_step)
         for masks in (self.head_masks, self.ffn_masks):
             distances = (torch.stack(masks[-n - 1 : -1]) ^ masks[-1]).double().mean(dim=1)
+            # the masks live where the gates do (a GPU in most runs): the lags must be made there too
+            lags = torch.tensor(lag_list, dtype=torch.float64, device=distances.device)
             if not forecast_distance(lags, distances, left) < config.epsilon:
                 return False
         return True
