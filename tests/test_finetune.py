@@ -3,12 +3,14 @@
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForSequenceClassification
 
 import earlybert as eb
 from earlybert import train as train_module
 from earlybert.archs import layer_shapes
-from earlybert.finetune import FinetuneConfig, finetune
+from earlybert.finetune import GPU_FFN_MULTIPLE, FinetuneConfig, finetune, warn_if_unaligned
+from earlybert.ticket import Ticket
 
 ARTEFACTS_ALL = ["config.json", "results.json", "report.md", "loss.png", "model/model.safetensors",
                  "model/config.json", "model/tokenizer.json"]
@@ -110,3 +112,18 @@ def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tiny_encoder, 
     assert resumed["metrics"] == reference["metrics"]
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert resumed["stages"]["train"]["steps"] == whole["stages"]["train"]["steps"]
+
+
+def test_a_gpu_run_is_warned_about_ffn_widths_off_the_tensor_core_sizes(caplog):
+    def ticket(widths):
+        return Ticket(heads=[[0, 1]] * len(widths), ffn=[list(range(w)) for w in widths], num_heads=[3] * len(widths),
+                      ffn_sizes=[3 * GPU_FFN_MULTIPLE] * len(widths))
+
+    odd, aligned = ticket([GPU_FFN_MULTIPLE, 2 * GPU_FFN_MULTIPLE - 5]), ticket([GPU_FFN_MULTIPLE, 2 * GPU_FFN_MULTIPLE])
+    with caplog.at_level("WARNING", logger="earlybert.finetune"):
+        assert warn_if_unaligned(odd, torch.device("cuda"))
+        assert "1 of 2 layers" in caplog.text and "--ffn-multiple 64" in caplog.text
+        caplog.clear()
+        assert not warn_if_unaligned(aligned, torch.device("cuda"))
+        assert not warn_if_unaligned(odd, torch.device("cpu"))  # CPUs run odd widths at their FLOP cost
+        assert caplog.text == ""
