@@ -3,6 +3,7 @@ import torch
 
 import earlybert as eb
 from earlybert.archs import blocks, get_arch
+from earlybert.gates import penalize
 
 from conftest import FAMILY_HEADS, build, inputs_for, max_diff, outputs
 
@@ -118,3 +119,27 @@ def test_a_deep_copy_of_a_gated_model_uses_its_own_gates():
     eb.remove_gates(twin)
     assert not any(m._forward_pre_hooks for m in twin.modules())
     assert any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_penalty_is_not_shrunk_by_a_loss_scaler_that_leaves_unscaling_to_a_fused_step():
+    # fp16 without clipping: the scaler hands a fused optimizer still-scaled gradients and the scale, and the step
+    # unscales them, the penalty's share included. The gates must end where they would without a scaler.
+    def gates_after_one_step(scaler):
+        model = build("bert", eb.slim.AUTO_CLASSES[4])
+        gates = eb.add_gates(model)
+        model.train()
+        optimizer = penalize(torch.optim.AdamW(gates.parameters(), lr=1e-2, fused=True), gates,
+                                eb.GateConfig(head_l1=1e-2, ffn_l1=1e-2))
+        torch.manual_seed(3)  # the same dropout in both runs
+        loss = model(**inputs_for(model), labels=torch.tensor([0, 1])).loss
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+        return torch.cat([g.detach().clone() for g in gates.parameters()])
+
+    plain = gates_after_one_step(None)
+    scaled = gates_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    assert torch.allclose(scaled, plain, atol=1e-6)

@@ -16,7 +16,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import earlybert as eb
 from earlybert import mlm_data, train as train_module
-from earlybert.pretrain import MaskedLM, PretrainConfig, make_lamb, pretrain, unigram_entropy
+from earlybert.pretrain import MaskedLM, PretrainConfig, linear_flops, make_lamb, pretrain, unigram_entropy
 
 from conftest import REAL_DATA, WORDS, write_tiny_encoder
 
@@ -111,6 +111,21 @@ def test_masked_only_loss_equals_the_full_projection_loss():
     full = model(input_ids=ids, labels=labels).loss
     masked = MaskedLM(model)(input_ids=ids, labels=labels)
     assert torch.allclose(masked.loss, full, atol=1e-6) and masked.count == (labels != -100).sum()
+
+
+def test_flops_are_counted_on_the_device_the_model_is_on():
+    # The trained model ends pre-training on its accelerator, the batch comes from the collator on the host: counting
+    # them together crashed every GPU run at its end. 'meta' stands in for the accelerator here.
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    ids = torch.randint(5, 50, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    batch = {"input_ids": ids, "labels": labels}  # no attention mask: transformers reads its values, meta has none
+    # (the bare model: MaskedLM's gather of the masked positions has a data-dependent shape, which meta lacks)
+    host = linear_flops(AutoModelForMaskedLM.from_config(config), batch)
+    with torch.device("meta"):
+        on_meta = AutoModelForMaskedLM.from_config(config)
+    assert host > 0 and linear_flops(on_meta, batch) == host
 
 
 def reference_lamb_step(p, g, m, v, step, lr, wd, beta1=0.9, beta2=0.999, eps=1e-6, adapt=True):

@@ -94,6 +94,23 @@ def test_the_windowed_rule_computes_on_the_device_of_the_masks(monkeypatch):
     assert step == 26 and devices == [(meta, meta)] * 2  # heads, then FFN
 
 
+def test_a_resumed_search_moves_its_reloaded_history_to_the_device_of_new_masks(monkeypatch):
+    # load_state_dict rebuilds the history on the host; after a resume the gates record on their accelerator.
+    monkeypatch.setattr(importlib.import_module("earlybert.search"), "forecast_distance", lambda *_: 0.0)
+    tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, window=0.25, max_steps=100))
+    for step in range(1, 11):
+        tracker.add(step, ticket_keeping(list(range(12))))
+    resumed = EarlyBird(search_config=tracker.search_config)
+    resumed.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
+    meta = torch.device("meta")
+    for step in range(11, 30):
+        resumed._append(step, [4], [20], torch.zeros(4, dtype=torch.bool, device=meta),
+                        torch.zeros(20, dtype=torch.bool, device=meta))
+        if resumed.converged():
+            break
+    assert step == 26 and {m.device for m in resumed.head_masks + resumed.ffn_masks} == {meta}
+
+
 def test_the_forecast_separates_threshold_swaps_from_drift():
     lags = torch.arange(1, 17, dtype=torch.float64)
     assert forecast_distance(lags, 0.02 + 0.005 * lags, 10) == pytest.approx(0.07)

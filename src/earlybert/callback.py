@@ -8,6 +8,7 @@
 
 The L1 penalty enters as its gradient, lambda * sign(c), added to the gates' gradients once per optimizer step
 (`on_pre_optimizer_step`, after Trainer's clipping), as in every search of the package (`gates.add_penalty_gradient`).
+With fp16, keep clipping on (the default): it is what unscales the gradients before that point.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class EarlyBirdCallback(TrainerCallback):
             config = SearchConfig(max_epoch_fraction=0.2, steps_per_epoch=per_epoch)
         self.tracker = EarlyBird(self.ticket_config, config)
         self._check_gate_learning_rate(args, kwargs.get("optimizer"))
+        if args.fp16 and not args.max_grad_norm:
+            # Trainer unscales fp16 gradients only when it clips; otherwise they are still scaled when the penalty
+            # joins them, and the optimizer's unscaling divides the penalty by the loss scale (~65,536) too.
+            logger.warning("fp16 without gradient clipping: the gates' L1 penalty would be divided by the loss "
+                           "scale; set max_grad_norm (Trainer's default 1.0) or train in bf16")
 
     def _check_gate_learning_rate(self, args, optimizer) -> None:
         """Trainer's own optimizer trains the gates at the model's rate; say how to give them theirs."""

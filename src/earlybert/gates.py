@@ -166,7 +166,8 @@ def sparsity_penalty(model_or_gates: nn.Module, config: GateConfig | None = None
 
 
 @torch.no_grad()
-def add_penalty_gradient(model_or_gates: nn.Module, config: GateConfig | None = None) -> None:
+def add_penalty_gradient(model_or_gates: nn.Module, config: GateConfig | None = None,
+                         scale: torch.Tensor | float | None = None) -> None:
     """The penalty's gradient, lambda * sign(c), added to the gates' gradients: call it once per optimizer step,
     right before the step (after gradient accumulation, loss unscaling and clipping).
 
@@ -174,21 +175,26 @@ def add_penalty_gradient(model_or_gates: nn.Module, config: GateConfig | None = 
     the Trainer callback), because it is the one point every training loop exposes, Trainer's included (its
     `on_pre_optimizer_step`): the penalty's weight then does not depend on accumulation, on a loss scaler or on
     clipping, which would otherwise shrink it with the task gradient whenever that is large. It equals the
-    gradient of `sparsity_penalty` added to the loss whenever no clipping acts."""
+    gradient of `sparsity_penalty` added to the loss whenever no clipping acts. `scale`: the loss scale of
+    gradients that are still scaled at this point (the optimizer unscales them in its step)."""
     config = config or GateConfig()
     gates = model_or_gates if isinstance(model_or_gates, GateSet) else get_gates(model_or_gates)
     for params, strength in ((gates.head, config.head_l1), (gates.ffn, config.ffn_l1)):
         for g in params:
             if g.grad is None:
                 g.grad = torch.zeros_like(g)
-            g.grad.add_(torch.sign(g), alpha=strength)
+            penalty = torch.sign(g) if scale is None else torch.sign(g) * scale
+            g.grad.add_(penalty, alpha=strength)
 
 
 def penalize(optimizer: torch.optim.Optimizer, model_or_gates: nn.Module,
              config: GateConfig | None = None) -> torch.optim.Optimizer:
     """`optimizer`, with `add_penalty_gradient` run at the start of each of its steps: inside the real step, so
     once per optimizer step and after accumulation, unscaling and clipping, whatever loop drives it."""
-    optimizer.register_step_pre_hook(lambda *_: add_penalty_gradient(model_or_gates, config))
+    # With fp16, a loss scaler that finds the gradients still scaled hands the scale to an optimizer that unscales
+    # inside its step (the fused ones) as `grad_scale`: the penalty must be scaled alike, or it shrinks ~65,536x.
+    optimizer.register_step_pre_hook(
+        lambda opt, *_: add_penalty_gradient(model_or_gates, config, scale=getattr(opt, "grad_scale", None)))
     return optimizer
 
 

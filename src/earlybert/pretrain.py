@@ -418,16 +418,23 @@ def _record_curve_point(run: _Run, stage: str, sequences: int) -> None:
     run.folder.write_json(CURVE, [*curve, point])
 
 
+def linear_flops(model: nn.Module, batch: dict) -> int:
+    """Linear-layer FLOPs of one training step of `model` on `batch`, wherever the model is: the trained model is
+    still on the device it trained on (a GPU), theta_0's model on the host, the batch fresh from the collator."""
+    from .flops import count_flops
+
+    device = next(model.parameters()).device
+    return count_flops(model, {k: v.to(device) for k, v in batch.items()})["linear"]
+
+
 def _results(run: _Run, stages: dict, losses: dict, ticket: Ticket | None, model: nn.Module, wrapper: MaskedLM,
              clock: WallClock) -> dict:
     """results.json's content: held-out loss at both lengths, stages, step time, FLOP saving, the ticket."""
     config, phases, collator = run.config, run.phases, run.collator
-    from .flops import count_flops
-
     # Theoretical saving from linear-layer FLOPs of one phase-1 step (full model vs the model trained here).
     batch = collator([phases[0][0][i] for i in range(min(config.batch_size[0], len(phases[0][0])))])
-    flops = {"trained_model": count_flops(wrapper, batch)["linear"],
-             "full": count_flops(MaskedLM(_model_from(run.model_config, run.theta0)), batch)["linear"]}
+    flops = {"trained_model": linear_flops(wrapper, batch),
+             "full": linear_flops(MaskedLM(_model_from(run.model_config, run.theta0)), batch)}
     full_cost = sum(config.phase_steps) * flops["full"]
     own_cost = stages.get("search", {}).get("steps", 0) * flops["full"] + sum(
         stages[f"phase{p + 1}"]["steps"] for p in (0, 1)) * flops["trained_model"]

@@ -181,6 +181,10 @@ class EarlyBird:
         if self.steps and (list(num_heads), list(ffn_sizes)) != (self.num_heads, self.ffn_sizes):
             raise ValueError("all masks of one search must come from the same model shape")
         self.num_heads, self.ffn_sizes = list(num_heads), list(ffn_sizes)
+        if self.head_masks and self.head_masks[-1].device != head_mask.device:
+            # a resumed search reloads its history on the host, and records on the gates' device from then on
+            self.head_masks = [m.to(head_mask.device) for m in self.head_masks]
+            self.ffn_masks = [m.to(ffn_mask.device) for m in self.ffn_masks]
         self.steps.append(step)
         self.head_masks.append(head_mask)
         self.ffn_masks.append(ffn_mask)
@@ -241,7 +245,7 @@ class EarlyBird:
         masks, sizes = (self.head_masks, self.num_heads) if kind == "heads" else (self.ffn_masks, self.ffn_sizes)
         if not masks:
             return np.zeros((0, 0))
-        m = torch.stack(masks).cpu().double()
+        m = torch.stack([mask.cpu() for mask in masks]).double()
         if layer is not None:
             start = sum(sizes[:layer])
             m = m[:, start : start + sizes[layer]]
