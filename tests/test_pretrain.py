@@ -16,7 +16,8 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import earlybert as eb
 from earlybert import mlm_data, train as train_module
-from earlybert.pretrain import MaskedLM, PretrainConfig, linear_flops, make_lamb, pretrain, unigram_entropy
+from earlybert.pretrain import (MaskedLM, PretrainConfig, context_free_loss, linear_flops, make_lamb, pretrain,
+                                unigram_entropy)
 
 from conftest import REAL_DATA, WORDS, write_tiny_encoder
 
@@ -474,3 +475,23 @@ def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpu
     capsys.readouterr()
     assert main([*argv[:4], "wordpiece:lots", *argv[5:], "--output", str(tmp_path / "c")]) == 2
     assert "wordpiece:N" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_the_context_free_floor_equals_the_best_context_free_predictor_by_enumeration(tmp_path):
+    # held-out tokens 5 6 [SEP] 7 | 5 6 9 9 (see the test above): u = 2/7, 2/7, 1/7, 2/7 over 5, 6, 7, 9; V = 10
+    tokens = np.array([9, 5, 6, 3, 7, 5, 6, 9, 9, 8], dtype=mlm_data.TOKEN_DTYPE)
+    tokens.tofile(tmp_path / "tokens.bin")
+    held = mlm_data.PackedSequences(tmp_path / "tokens.bin", seq_len=6, cls_id=2, sep_id=3, start=1)
+    V, mask, rand = 10, 0.8, 0.1
+    keep = 1 - mask - rand
+    u = np.zeros(V)
+    u[[5, 6, 7, 9]] = np.array([2, 2, 1, 2]) / 7
+    # every (true token y, input x) a target can show: [MASK] (id 4), or x with the collator's probabilities
+    joint = np.zeros((V, V))  # joint[x, y] = P(input x, true y) at a target
+    joint[4] += mask * u
+    joint[np.arange(V), np.arange(V)] += keep * u
+    joint += rand * u[None, :] / V
+    posterior = joint / joint.sum(axis=1, keepdims=True).clip(1e-300)  # the best context-free prediction given x
+    brute = -(joint[joint > 0] * np.log(posterior[joint > 0])).sum()
+    assert context_free_loss(held, [0, 1, 2, 3, 4], V) == pytest.approx(brute, rel=1e-12)
+    assert brute < unigram_entropy(held, [0, 1, 2, 3, 4])  # copying visible targets beats the unigram plateau

@@ -255,6 +255,35 @@ def unigram_entropy(held_out, special_ids) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def context_free_loss(held_out, special_ids, vocab_size: int, mask_prob: float = 0.8,
+                      random_prob: float = 0.1) -> float:
+    """The lowest held-out MLM loss (nats) of a model that sees each target's own input token and nothing else:
+    the floor a pre-training sits on until attention carries information, below the unigram entropy because
+    BERT's masking leaves `1 - mask_prob - random_prob` of the targets unchanged (10%) and replaces
+    `random_prob` (10%) with a token drawn uniformly from the vocabulary (transformers'
+    DataCollatorForLanguageModeling). The best such model predicts, at [MASK], the unigram distribution u; at a
+    visible token x, the true token's posterior given x: keep * u(x) * [y = x] + random * u(y) / V, normalised.
+    Closed form of its expected loss (derived here, a few sums over the vocabulary; nothing in a library
+    computes it), exact including a random draw that hits the true token."""
+    import numpy as np
+
+    tokens = np.asarray(held_out.tokens[held_out.start:held_out.start + len(held_out) * held_out.body])
+    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)[:vocab_size]
+    counts[[i for i in special_ids if i < vocab_size]] = 0
+    u, V = counts / counts.sum(), float(vocab_size)
+    keep = 1.0 - mask_prob - random_prob
+    y = u > 0
+    entropy = float(-(u[y] * np.log(u[y])).sum())
+    # unchanged target y: -log( u(y) (keep + random/V) / (keep u(y) + random/V) )
+    unchanged = float((u[y] * -np.log(u[y] * (keep + random_prob / V) / (keep * u[y] + random_prob / V))).sum())
+    # randomly replaced target y, input x uniform over the vocabulary: -log(random u(y) / V) + log Z(x) for x != y,
+    # and -log(u(y) (random/V + keep)) + log Z(y) for x = y, with Z(x) = keep u(x) + random / V
+    log_z_sum = float(np.log(keep * u + random_prob / V).sum())
+    replaced = float((u[y] * ((V - 1) / V * -np.log(random_prob * u[y] / V) + log_z_sum / V
+                              - np.log(u[y] * (random_prob / V + keep)) / V)).sum())
+    return mask_prob * entropy + keep * unchanged + random_prob * replaced
+
+
 def _theta0(model_config, seed: int, folder: Path) -> dict:
     """The random initial weights theta_0, saved once so that a resumed run resets to the very same ones."""
     from safetensors.torch import load_file, save
