@@ -443,6 +443,19 @@ def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((tmp_path / "pretrain_cpu.json").read_text())
     assert rerun["results"] == summary["results"]  # every run was finished: read back, nothing retrained
+    assert summary["unigram_plateau"]["context_free_nats"] < summary["unigram_plateau"]["entropy_nats"]
+
+
+@pytest.mark.realdata
+def test_a_regime_probe_records_the_full_models_curve_against_the_floors(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, str(ROOT / "bench" / "pretrain_regime.py"), "--name", "probe", "--every", "15", "--",
+               "--smoke", "--runs", str(tmp_path), "--data", str(REAL_DATA)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "floors at length 32: unigram" in done.stdout and "context_free" in done.stdout
+    curve = json.loads((tmp_path / "regimes" / "probe" / "held_out_curve.json").read_text())
+    assert [point["steps"] for point in curve] == [0, 15, 30] and curve[-1]["mlm_loss"] < curve[0]["mlm_loss"]
 
 
 def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpus, tmp_path, monkeypatch, capsys):

@@ -43,8 +43,9 @@ NAMED_CONFIGS = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "bert-small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    # Google's BERT-Mini shape (L-4, H-256, A-4): small enough to pre-train past the unigram plateau on a CPU
+    # Google's BERT-Mini and BERT-Tiny shapes (L-4, H-256, A-4; L-2, H-128, A-2): sizes a CPU can pre-train
     "bert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "bert-tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
 }
 
 
