@@ -183,11 +183,11 @@ def test_pretrain_unknown_config_lists_presets_without_the_hub(tmp_path, capsys)
     text.write_text("some words\n")
     start = time.perf_counter()
     # A hub-style tokenizer name as well: were it looked up first, an offline machine would retry for a minute.
-    line = error_line(capsys, ["pretrain", "--config", "bert-tiny", "--tokenizer", "nobody/no-such-tokenizer",
+    line = error_line(capsys, ["pretrain", "--config", "bert-nano", "--tokenizer", "nobody/no-such-tokenizer",
                                "--text", str(text), "--output", str(tmp_path / "o")])
     assert time.perf_counter() - start < 10
-    assert line == ("earlybert: error: unknown config 'bert-tiny': choose a preset (bert-base, bert-large, bert-small, "
-                    "bert-mini) "
+    assert line == ("earlybert: error: unknown config 'bert-nano': choose a preset (bert-base, bert-large, bert-small, "
+                    "bert-mini, bert-tiny) "
                     "or give a config.json or model folder that exists")
     assert not (tmp_path / "o").exists()
 
