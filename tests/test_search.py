@@ -73,6 +73,20 @@ def test_a_slowly_drifting_mask_passes_only_once_the_rest_of_the_budget_cannot_m
     assert run_rule(records, epsilon=0.098, patience=5, window=0.25, max_steps=1000) is None
 
 
+META = torch.device("meta")
+
+
+def record_on_meta_until_converged(tracker: EarlyBird, first: int) -> int | None:
+    """Masks of one 4-head, 20-neuron layer on the meta device (an accelerator's stand-in on a machine without one),
+    one a step from `first` on; the step at which the windowed rule says converged."""
+    for step in range(first, 40):
+        tracker._append(step, [4], [20], torch.zeros(4, dtype=torch.bool, device=META),
+                        torch.zeros(20, dtype=torch.bool, device=META))
+        if tracker.converged():
+            return step
+    return None
+
+
 def test_the_windowed_rule_computes_on_the_device_of_the_masks(monkeypatch):
     # A search on a GPU draws its masks there; the rule once built its lags on the host and crashed on every GPU
     # run. 'meta' stands in for the accelerator on a machine without one.
@@ -85,13 +99,8 @@ def test_the_windowed_rule_computes_on_the_device_of_the_masks(monkeypatch):
     # the module, not the function that `earlybert.search` names on the package
     monkeypatch.setattr(importlib.import_module("earlybert.search"), "forecast_distance", forecast)
     tracker = EarlyBird(search_config=SearchConfig(epsilon=0.1, window=0.25, max_steps=100))
-    meta = torch.device("meta")
-    for step in range(1, 40):
-        tracker._append(step, [4], [20], torch.zeros(4, dtype=torch.bool, device=meta),
-                        torch.zeros(20, dtype=torch.bool, device=meta))
-        if tracker.converged():
-            break
-    assert step == 26 and devices == [(meta, meta)] * 2  # heads, then FFN
+    assert record_on_meta_until_converged(tracker, first=1) == 26
+    assert devices == [(META, META)] * 2  # heads, then FFN
 
 
 def test_a_resumed_search_moves_its_reloaded_history_to_the_device_of_new_masks(monkeypatch):
@@ -102,13 +111,8 @@ def test_a_resumed_search_moves_its_reloaded_history_to_the_device_of_new_masks(
         tracker.add(step, ticket_keeping(list(range(12))))
     resumed = EarlyBird(search_config=tracker.search_config)
     resumed.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
-    meta = torch.device("meta")
-    for step in range(11, 30):
-        resumed._append(step, [4], [20], torch.zeros(4, dtype=torch.bool, device=meta),
-                        torch.zeros(20, dtype=torch.bool, device=meta))
-        if resumed.converged():
-            break
-    assert step == 26 and {m.device for m in resumed.head_masks + resumed.ffn_masks} == {meta}
+    assert record_on_meta_until_converged(resumed, first=11) == 26
+    assert {m.device for m in resumed.head_masks + resumed.ffn_masks} == {META}
 
 
 def test_the_forecast_separates_threshold_swaps_from_drift():
