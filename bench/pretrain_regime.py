@@ -16,14 +16,16 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
-import pretrain as benchmark  # bench/pretrain.py: its settings, defaults and data
-from earlybert.pretrain import context_free_loss, prepare, pretrain, unigram_entropy
+import pretrain as benchmark  # bench/pretrain.py: its settings, defaults, data and floors
+from earlybert.pretrain import CURVE, pretrain
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    own, _, rest = (argv[: argv.index("--")], None, argv[argv.index("--") + 1:]) if "--" in argv else (argv, None, [])
+    split = argv.index("--") if "--" in argv else len(argv)
+    own, rest = argv[:split], argv[split + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="run folder name under RUNS/regimes/")
     p.add_argument("--every", type=int, default=500, help="steps between held-out measurements (%(default)s)")
@@ -33,14 +35,12 @@ def main(argv=None) -> None:
     settings = benchmark.parse_args(rest)  # everything after `--`: bench/pretrain.py's own flags
     base = benchmark.base_config(settings)
     config = replace(base, method="full", output=str(settings.runs / "regimes" / args.name))
-    tokenizer, _, phases = prepare(config)
-    held = phases[0][1]
-    floors = {"unigram": unigram_entropy(held, tokenizer.all_special_ids),
-              "context_free": context_free_loss(held, tokenizer.all_special_ids, len(tokenizer))}
-    print(f"floors at length {config.seq_len[0]}: " + ", ".join(f"{k} {v:.3f}" for k, v in floors.items()), flush=True)
+    floors = benchmark.unigram_plateau(config)
+    print(f"floors at length {floors['sequence_length']}: unigram {floors['entropy_nats']:.3f}, "
+          f"context_free {floors['context_free_nats']:.3f}", flush=True)
     while True:
         done = pretrain(config, resume=True, stop_after=args.every, curve_sequences=settings.curve_sequences)
-        curve = json.loads((settings.runs / "regimes" / args.name / "held_out_curve.json").read_text())
+        curve = json.loads((Path(config.output) / CURVE).read_text())
         print("curve (steps, held-out loss):", [(point["steps"], round(point["mlm_loss"], 3)) for point in curve],
               flush=True)
         if done is not None:

@@ -245,15 +245,24 @@ def unigram_entropy(held_out, special_ids) -> float:
     """Entropy in nats of the unigram distribution of the tokens in `held_out` (packed sequences), from their
     counts, special tokens aside (the MLM collator never masks them): the lowest held-out MLM loss a model
     that predicts every masked token without its context can reach, the plateau every BERT pre-training first
-    sits on. (Copying the 10% of targets left visible can take such a model about a tenth lower; a loss
-    well below the plateau needs the context.)"""
+    sits on. (Copying the 10% of targets left visible takes such a model lower, to `context_free_loss`; only a
+    loss below that needs the context.)"""
+    import numpy as np
+
+    p = _unigram(held_out, special_ids)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def _unigram(held_out, special_ids, size: int = 0):
+    """The unigram distribution (numpy, over ids 0..max(size, largest id + 1) - 1) of the tokens in `held_out`,
+    from their counts, special tokens at zero."""
     import numpy as np
 
     tokens = np.asarray(held_out.tokens[held_out.start:held_out.start + len(held_out) * held_out.body])
-    counts = np.bincount(tokens).astype(np.float64)
+    counts = np.bincount(tokens, minlength=size).astype(np.float64)
     counts[[i for i in special_ids if i < len(counts)]] = 0
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return counts / counts.sum()
 
 
 def context_free_loss(held_out, special_ids, vocab_size: int, mask_prob: float = 0.8,
@@ -268,10 +277,7 @@ def context_free_loss(held_out, special_ids, vocab_size: int, mask_prob: float =
     computes it), exact including a random draw that hits the true token."""
     import numpy as np
 
-    tokens = np.asarray(held_out.tokens[held_out.start:held_out.start + len(held_out) * held_out.body])
-    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)[:vocab_size]
-    counts[[i for i in special_ids if i < vocab_size]] = 0
-    u, V = counts / counts.sum(), float(vocab_size)
+    u, V = _unigram(held_out, special_ids, vocab_size)[:vocab_size], float(vocab_size)
     keep = 1.0 - mask_prob - random_prob
     y = u > 0
     entropy = float(-(u[y] * np.log(u[y])).sum())

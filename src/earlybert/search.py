@@ -215,12 +215,12 @@ class EarlyBird:
         n = sum(step >= newest_step - window for step in self.steps[:-1])  # earlier records inside the window
         if n < MIN_WINDOW_RECORDS or self.steps[0] > newest_step - window:
             return False
-        lag_list = [newest_step - step for step in self.steps[-n - 1 : -1]]
+        # the masks live where the gates do (a GPU in most runs; `_append` keeps the history on one device)
+        lags = torch.tensor([newest_step - step for step in self.steps[-n - 1 : -1]], dtype=torch.float64,
+                            device=self.head_masks[-1].device)
         left = max(0, config.budget - newest_step)
         for masks in (self.head_masks, self.ffn_masks):
             distances = (torch.stack(masks[-n - 1 : -1]) ^ masks[-1]).double().mean(dim=1)
-            # the masks live where the gates do (a GPU in most runs): the lags must be made there too
-            lags = torch.tensor(lag_list, dtype=torch.float64, device=distances.device)
             if not forecast_distance(lags, distances, left) < config.epsilon:
                 return False
         return True
@@ -245,7 +245,7 @@ class EarlyBird:
         masks, sizes = (self.head_masks, self.num_heads) if kind == "heads" else (self.ffn_masks, self.ffn_sizes)
         if not masks:
             return np.zeros((0, 0))
-        m = torch.stack([mask.cpu() for mask in masks]).double()
+        m = torch.stack(masks).cpu().double()  # one device for the whole history: `_append` sees to it
         if layer is not None:
             start = sum(sizes[:layer])
             m = m[:, start : start + sizes[layer]]
