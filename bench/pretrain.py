@@ -154,8 +154,8 @@ def unigram_plateau(base: PretrainConfig) -> dict:
             "held_out_sequences": len(held),
             "sequence_length": base.seq_len[0],
             "what": "entropy of the unigram distribution of the held-out tokens (counts, special tokens aside): "
-                    "the lowest held-out MLM loss of a model that predicts a masked token without any input (one that also copies "
-                    "the visible targets reaches context_free_nats)"}
+                    "the lowest held-out MLM loss of a model that predicts a masked token without any input (one that "
+                    "also copies the visible targets reaches context_free_nats)"}
 
 
 def finetune_all(args, pre: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
