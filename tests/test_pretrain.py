@@ -508,3 +508,18 @@ def test_the_context_free_floor_equals_the_best_context_free_predictor_by_enumer
     brute = -(joint[joint > 0] * np.log(posterior[joint > 0])).sum()
     assert context_free_loss(held, [0, 1, 2, 3, 4], V) == pytest.approx(brute, rel=1e-12)
     assert brute < unigram_entropy(held, [0, 1, 2, 3, 4])  # copying visible targets beats the unigram plateau
+
+
+def test_a_config_without_vocab_size_takes_the_tokenizers(tmp_path):
+    from earlybert.pretrain import build_config
+
+    shape = dict(model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    (tmp_path / "shape.json").write_text(json.dumps(shape))
+    assert build_config(str(tmp_path / "shape.json"), 123).vocab_size == 123  # not BERT's 30,522
+    (tmp_path / "sized.json").write_text(json.dumps({**shape, "vocab_size": 200}))
+    assert build_config(str(tmp_path / "sized.json"), 123).vocab_size == 200  # an explicit size is kept
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(shape))
+    config = build_config(str(tmp_path / "folder"), 123)
+    assert (config.vocab_size, config.intermediate_size) == (123, 37)
+    assert build_config(str(tmp_path / "sized.json"), 123).intermediate_size == 37

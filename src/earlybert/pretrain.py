@@ -190,7 +190,10 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, gate_lr: float 
 
 
 def build_config(name_or_path: str, vocab_size: int):
-    """A named size (bert-base, bert-large, bert-small) or a config.json / model folder."""
+    """A named size (NAMED_CONFIGS) or a config.json / model folder. A local config that leaves vocab_size out
+    gets the tokenizer's `vocab_size`: a shape written for pre-training from scratch would otherwise embed the
+    family's default vocabulary (30,522 for BERT), and with a small trained vocabulary the unused rows would cost
+    more than the encoder (the projection and its softmax run over every row)."""
     from transformers import AutoConfig, BertConfig
 
     if name_or_path in NAMED_CONFIGS:
@@ -199,9 +202,12 @@ def build_config(name_or_path: str, vocab_size: int):
     try:
         if path.is_file():
             data = json.loads(path.read_text())
+            data.setdefault("vocab_size", vocab_size)
             config = AutoConfig.for_model(data.pop("model_type", "bert"), **data)
         else:
             config = AutoConfig.from_pretrained(name_or_path)
+            if path.is_dir() and "vocab_size" not in json.loads((path / "config.json").read_text()):
+                config.vocab_size = vocab_size
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read a model config from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     mlm_head(config.model_type)  # a family without a masked-LM head fails here, before anything is written
