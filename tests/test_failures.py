@@ -187,7 +187,7 @@ def test_pretrain_unknown_config_lists_presets_without_the_hub(tmp_path, capsys)
                                "--text", str(text), "--output", str(tmp_path / "o")])
     assert time.perf_counter() - start < 10
     assert line == ("earlybert: error: unknown config 'bert-nano': choose a preset (bert-base, bert-large, bert-small, "
-                    "bert-mini, bert-tiny) "
+                    "bert-mini, bert-tiny, bert-l2-h256-a8) "
                     "or give a config.json or model folder that exists")
     assert not (tmp_path / "o").exists()
 
