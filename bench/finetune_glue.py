@@ -1,6 +1,7 @@
 """EarlyBERT fine-tuning against its baselines on GLUE with MiniLM-L6 (the paper's Table 2 protocol, at CPU scale).
 
-For each seed and task, back to back so drift in the machine's speed falls on all alike: full fine-tuning
+For each seed and task, taking turns in slices of --slice steps (`earlybert compare`: each pauses at a
+checkpoint and resumes) so that a drift in the machine's speed falls on all alike: full fine-tuning
 (3 epochs, lr 2e-5), EarlyBERT (search <= 0.2 epoch with the package's defaults, 1/3 heads per layer and 40% FFN
 globally, 2 epochs at 4e-5) and a random ticket of EarlyBERT's per-layer shape (same protocol, no search);
 LayerDrop (rate 1/3 for 3 epochs, then every third layer removed) at the first seed only, after all seeds of the
@@ -20,7 +21,7 @@ On a GPU (bf16 autocast, the whole of SST-2, checkpoints off, stop starting new 
 with the GLUE folders and the model brought along (bench/gpu.py --prepare writes both into gpu_payload/):
 
     python3 bench/finetune_glue.py --data gpu_payload/glue.tar.xz --model gpu_payload/minilm --train-samples all \
-        --checkpoint-every 0 --budget-s 500 --runs /tmp/glue-runs --output "$OUT/finetune_glue_h100"
+        --checkpoint-every 0 --slice 0 --budget-s 500 --runs /tmp/glue-runs --output "$OUT/finetune_glue_h100"
 
 Data: ../shared/data/glue (or --data). Training sets (CPU default): SST-2 a fixed 10,000-sentence subset; CoLA, MRPC, STS-B and RTE whole.
 QNLI has no training file there, so its dev set is split deterministically (seed 0): 2,000 pairs for training,
@@ -49,7 +50,7 @@ if (ROOT / "src" / "earlybert").is_dir():  # a GPU machine runs the repository a
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from earlybert.compare import compare  # noqa: E402
+from earlybert.compare import SLICE_STEPS, compare  # noqa: E402
 from earlybert.finetune import FinetuneConfig  # noqa: E402
 from earlybert.report import comparison_table  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
@@ -352,6 +353,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the MiniLM-L6 package's)")
     parser.add_argument("--train-samples", default=TRAIN_SAMPLES, help="TASK=N caps, or all")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    parser.add_argument("--slice", type=int, default=SLICE_STEPS,
+                        help="steps each method of a (task, seed) runs before the next takes over (0: back to back)")
     parser.add_argument("--variants", default="", help=f"diagnostic variants after the core methods: {', '.join(VARIANTS)}")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no (task, seed) group that the time left cannot hold (estimated from the "
@@ -402,7 +405,7 @@ def main() -> None:
                 (runs_dir / "variants" / task / v / f"{VARIANTS[v][0]}-seed{seed}" / "results.json").exists()
                 for v in extra)
             try:
-                done = compare(replace(base), methods, [seed], resume=True)
+                done = compare(replace(base), methods, [seed], resume=True, slice_steps=args.slice)
                 for name in extra:
                     method, overrides = VARIANTS[name]
                     if "lr_times" in overrides:

@@ -555,7 +555,8 @@ def part_b(args, report: Report, device: torch.device, budget_s: float, payload:
     base.max_train_samples = None if samples == available else samples
     base.output = str(args.work / f"finetune-sst2-{samples}")
     methods = ["earlybert", "full", "random"]
-    runs = compare(base, methods, [args.seed], resume=Path(base.output).exists())
+    # back to back: on a dedicated GPU a checkpoint per slice would cost more than the drift it evens out
+    runs = compare(base, methods, [args.seed], resume=Path(base.output).exists(), slice_steps=None)
     rows, table = comparison_table(runs)
     by = {r["method"]: r for r in runs}
     full = by["full"]["total_step_time_s"]

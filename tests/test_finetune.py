@@ -1,12 +1,14 @@
 """The fine-tuning pipeline end to end on a tiny encoder and fixture data: methods, artefacts, resume, bad input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 import earlybert as eb
+from earlybert import finetune as finetune_module
 from earlybert import train as train_module
 from earlybert.archs import layer_shapes
 from earlybert.finetune import GPU_FFN_MULTIPLE, FinetuneConfig, finetune, warn_if_unaligned
@@ -86,6 +88,29 @@ def test_resume_after_a_kill_gives_the_same_result(stage, after, tiny_encoder, g
     assert not list((tmp_path / "killed").glob("*checkpoint*"))  # cleaned up once finished
 
 
+@pytest.mark.parametrize("method", ["earlybert", "random"])
+def test_a_run_in_slices_ends_where_an_uninterrupted_one_does(method, tiny_encoder, glue_dir, tmp_path, monkeypatch):
+    """stop_after pauses after that many steps (search and training together); resuming continues exactly."""
+    whole = finetune(config_for(tiny_encoder, glue_dir, tmp_path / "whole", method=method))
+    measured = []
+    real_ratio = finetune_module.step_time_ratio
+    monkeypatch.setattr(finetune_module, "step_time_ratio", lambda *a, **k: measured.append(1) or real_ratio(*a, **k))
+    config = config_for(tiny_encoder, glue_dir, tmp_path / "sliced", method=method)
+    calls, results = 0, None
+    while results is None:
+        results = finetune(config, resume=calls > 0, stop_after=3)
+        calls += 1
+    steps = sum(stage["steps"] for stage in whole["stages"].values())
+    assert calls >= steps // 3  # a pause every 3 steps, the last call finishing (and evaluating) the run
+    assert len(measured) == 1  # the slim / full calibration: once, before training, not on every resume
+    assert results["metrics"] == whole["metrics"] and results["losses"] == whole["losses"]
+    assert {k: v["steps"] for k, v in results["stages"].items()} == {k: v["steps"] for k, v in whole["stages"].items()}
+    assert eb.Ticket.load(tmp_path / "sliced" / "ticket.json") == eb.Ticket.load(tmp_path / "whole" / "ticket.json")
+    assert results["paired_step_time_ratio"] == json.loads((tmp_path / "sliced" / "step_time_ratio.json").read_text())
+    assert len(json.loads((tmp_path / "sliced" / "attempts.json").read_text())["attempts_s"]) == calls
+    assert not list((tmp_path / "sliced").glob("*checkpoint*"))
+
+
 def test_resume_refuses_a_different_configuration(tiny_encoder, glue_dir, tmp_path):
     finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=1))
     with pytest.raises(ValueError, match="was started with other settings: epochs 1 in the run, 2 now; resume with"):
@@ -127,3 +152,33 @@ def test_a_gpu_run_is_warned_about_ffn_widths_off_the_tensor_core_sizes(caplog):
         assert not warn_if_unaligned(aligned, torch.device("cuda"))
         assert not warn_if_unaligned(odd, torch.device("cpu"))  # CPUs run odd widths at their FLOP cost
         assert caplog.text == ""
+
+
+def test_compare_interleaves_the_methods_in_slices_with_the_results_of_whole_runs(tiny_encoder, glue_dir, tmp_path,
+                                                                                   monkeypatch):
+    from earlybert import compare as compare_module
+
+    base = config_for(tiny_encoder, glue_dir, tmp_path / "whole")
+    methods = ["random", "full", "earlybert"]
+    whole = compare_module.compare(base, methods, [1], slice_steps=0)
+    calls = []
+    real = compare_module.finetune
+
+    def logged(config, **kwargs):
+        result = real(config, **kwargs)
+        calls.append((config.method, kwargs["stop_after"], result is not None))
+        return result
+
+    monkeypatch.setattr(compare_module, "finetune", logged)
+    sliced = compare_module.compare(replace(base, output=str(tmp_path / "sliced")), methods, [1], slice_steps=4)
+    assert [r["method"] for r in sliced] == [r["method"] for r in whole] == ["full", "earlybert", "random"]
+    for a, b in zip(whole, sliced):
+        assert (a["metrics"], a["losses"], a["ticket"]) == (b["metrics"], b["losses"], b["ticket"])
+    # full: 16 steps; EarlyBERT: a 6-step search, then 8; random: 8, once EarlyBERT's search has drawn its ticket
+    assert [(method, finished) for method, _, finished in calls] == [
+        ("full", False), ("earlybert", False),  # the search is not done: the random ticket waits
+        ("full", False), ("earlybert", False), ("random", False),
+        ("full", False), ("earlybert", False), ("random", True),
+        ("full", True), ("earlybert", True)]
+    assert all(stop == 4 for _, stop, _ in calls)
+    assert (tmp_path / "sliced" / "random-seed1" / "config.json").read_text().count("earlybert-seed1/ticket.json") == 1

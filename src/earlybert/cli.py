@@ -309,7 +309,7 @@ def cmd_compare(args) -> int:
     from .report import comparison_table
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    compare(finetune_config(args, "full"), args.methods.split(","), seeds, args.resume, args.overwrite)
+    compare(finetune_config(args, "full"), args.methods.split(","), seeds, args.resume, args.overwrite, args.slice)
     # The folder's table (this call's runs and earlier calls' other seeds), last, after every log line.
     root = Path(args.output)
     runs = [json.loads(p.read_text()) for p in sorted(root.glob("*-seed*/results.json"))]
@@ -494,6 +494,7 @@ def _add_choosing_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import SLICE_STEPS
     from .finetune import METHODS, FinetuneConfig
     from .pretrain import METHODS as PRETRAIN_METHODS
     from .pretrain import NAMED_CONFIGS, OPTIMIZERS, PAPER_STEPS, PRETRAIN_FFN_RATIO, PretrainConfig
@@ -569,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_args(p)
     p.add_argument("--methods", default=",".join(METHODS), help="(%(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
+    p.add_argument("--slice", type=int, default=SLICE_STEPS, help="the methods of a seed take turns, this many "
+                   "optimizer steps each, so that a drift in the machine's speed falls on all alike; each turn ends "
+                   "at a checkpoint (on a fast GPU, a cost: 0 runs each method to its end in turn) (%(default)s)")
     p.set_defaults(func=cmd_compare)
     _add_choosing_parsers(sub)
     return parser

@@ -339,7 +339,7 @@ class _Prepared:
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _prepare_full(run: _Run, model: nn.Module) -> _Prepared:
+def _prepare_full(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
     return _Prepared(model)
 
 
@@ -380,6 +380,7 @@ def _mlm_search_inputs(config: FinetuneConfig, task_info) -> tuple:
     return model, texts, SeededMLMCollator(task_info.tokenizer, config.seed), MaskedLM
 
 
+CALIBRATION = "step_time_ratio.json"  # a ticket run's paired slim / full step-time ratio (see _calibration)
 COEFFICIENTS = "coefficients.safetensors"  # a search's final gate coefficients: a ticket at any ratio is a cut of them
 
 
@@ -433,7 +434,7 @@ def warn_if_unaligned(ticket: Ticket, device: torch.device) -> bool:
     return True
 
 
-def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
+def _prepare_earlybert(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
     """Search (or, with `search_from`, a finished search's coefficients), draw the ticket, prune a fresh model."""
     config, task_info = run.config, run.task_info
     if config.search_from:
@@ -442,7 +443,7 @@ def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
                                 for name in ("search.json", "mask_history.json"))
         run.folder.write_json("ticket.json", ticket.to_dict())
     else:
-        ticket, search_done = _search(run, model)
+        ticket, search_done = _search(run, model, budget)
         history = run.folder.read_json("mask_history.json")
     logger.info("stage: draw -> %s", ticket.summary())
     warn_if_unaligned(ticket, run.accelerator.device)
@@ -452,7 +453,7 @@ def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
     return _Prepared(model, ticket, history, {"search": search_done["stage"]}, {"search": search_done["losses"]})
 
 
-def _prepare_random(run: _Run, model: nn.Module) -> _Prepared:
+def _prepare_random(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
     ticket = _ticket_for_random(model, run.config)
     run.folder.write_json("ticket.json", ticket.to_dict())
     logger.info("stage: random ticket -> %s", ticket.summary())
@@ -461,7 +462,7 @@ def _prepare_random(run: _Run, model: nn.Module) -> _Prepared:
     return _Prepared(model, ticket)
 
 
-def _prepare_layerdrop(run: _Run, model: nn.Module) -> _Prepared:
+def _prepare_layerdrop(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
     add_layerdrop(model, run.config.layerdrop)
     return _Prepared(model)
 
@@ -474,6 +475,18 @@ def _remove_layerdrop_layers(model: nn.Module) -> None:
     remove_layerdrop(model)
     kept_layers = drop_every_third_layer(model)
     logger.info("stage: LayerDrop pruning kept layers %s", kept_layers)
+
+
+def _calibration(run: _Run, model: nn.Module, train_cfg: TrainConfig) -> dict:
+    """What the full model's steps would have cost, for a run that has no full arm: the paired step-time ratio of
+    the slim `model` and a fresh full one (train.step_time_ratio). Measured once, before training, and kept in the
+    run folder: a run resumed after a pause or a kill reuses it instead of measuring a model already trained."""
+    calibration = run.folder.read_json(CALIBRATION)
+    if calibration is None:
+        calibration = step_time_ratio(model, _seeded_model(run.config, run.task_info), run.task_info.train_features,
+                                      padding_collator(run.task_info.tokenizer), train_cfg, run.accelerator)
+        run.folder.write_json(CALIBRATION, calibration)
+    return calibration
 
 
 def _estimated_full_step_s(method: str, stages: dict[str, dict], calibration: dict | None, full_steps: int,
@@ -521,10 +534,17 @@ def _write_outputs(run: _Run, results: dict, prepared: _Prepared) -> None:
     accelerator.wait_for_everyone()
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run one method end to end into `config.output`; returns results.json's content."""
+def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False,
+             stop_after: int | None = None) -> dict | None:
+    """Run one method end to end into `config.output`; returns results.json's content.
+
+    stop_after: run at most this many optimizer steps (search and training together) in this call, then checkpoint
+    and return None; calling again with resume=True continues exactly where it stopped. bench/finetune_glue.py
+    interleaves the methods of one task so, a slice at a time, so that a drift in the machine's speed falls on all
+    of them alike."""
     from .tasks import evaluate_model
 
+    budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
     run = _open_run(config, resume, overwrite)
     if isinstance(run, dict):
         return run
@@ -535,17 +555,21 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
 
     model = _seeded_model(config, task_info)
     full_flops = _linear_flops_per_step(model, task_info, config)
-    prepared = _PREPARE[config.method](run, model)
-    model, ticket = prepared.model, prepared.ticket
-    flops = {"full": full_flops,
-             "trained_model": _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops}
-    calibration = None
-    if ticket is not None:  # what the full model's steps would have cost, for a run that has no full arm
-        calibration = step_time_ratio(model, _seeded_model(config, task_info), task_info.train_features,
-                                      padding_collator(task_info.tokenizer), train_cfg, accelerator)
-    logger.info("stage: train (%s)", config.method)
-    result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer), train_cfg,
-                         new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint")
+    try:
+        prepared = _PREPARE[config.method](run, model, budget)
+        model, ticket = prepared.model, prepared.ticket
+        flops = {"full": full_flops,
+                 "trained_model": _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops}
+        calibration = _calibration(run, model, train_cfg) if ticket is not None else None
+        logger.info("stage: train (%s)", config.method)
+        result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer),
+                             train_cfg, new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint",
+                             budget=budget)
+    except Paused as paused:
+        logger.info("paused in %s after %d steps; resume to continue", paused, stop_after)
+        run.clock.stop()
+        accelerator.wait_for_everyone()
+        return None
     stages, losses = {**prepared.stages, "train": result.summary()}, {**prepared.losses, "train": result.losses}
     if config.method == "layerdrop":
         _remove_layerdrop_layers(model)
