@@ -436,6 +436,14 @@ def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
         curve = result["held_out_curve"]
         assert curve[0]["stage"] == "start" and curve[-1]["stage"] == "end" and len(curve) >= 3
     assert summary["results"]["random"]["layer_shapes"] == summary["results"]["earlybert"]["layer_shapes"]
+    theta0 = summary["no_pretraining"]  # theta_0 fine-tuned like the checkpoints: what pre-training added
+    tasks = summary["majority_class"]
+    assert len(theta0["downstream_sst2_seeds"]) == 1
+    assert theta0["downstream_mean"] == pytest.approx(sum(theta0[f"downstream_{t}"] for t in tasks) / len(tasks))
+    assert summary["full_minus_no_pretraining"] == pytest.approx(summary["downstream_mean"]["full"]
+                                                                 - theta0["downstream_mean"])
+    assert (tmp_path / "pretrain" / "theta0" / "model.safetensors").exists()
+    assert "| no pre-training (theta_0) |" in (tmp_path / "pretrain_cpu.md").read_text()
     assert 0 < summary["unigram_plateau"]["entropy_nats"] < math.log(1000)
     assert (tmp_path / "pretrain_loss_cpu.png").exists()
     assert "unigram plateau" in (tmp_path / "pretrain_cpu.md").read_text()

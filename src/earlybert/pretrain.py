@@ -324,6 +324,15 @@ def _model_from(model_config, theta0: dict) -> nn.Module:
     return model
 
 
+def initial_model(model_config, folder: str | Path) -> nn.Module:
+    """The model at theta_0 as the run in `folder` saved it, where every method of a comparison starts. Fine-tuned
+    like the pre-trained checkpoints, it shows how much of their downstream scores pre-training earned: a small
+    encoder fine-tuned from scratch at a high learning rate can score as well as a pre-trained one."""
+    from safetensors.torch import load_file
+
+    return _model_from(model_config, load_file(str(Path(folder) / "theta0.safetensors")))
+
+
 @torch.no_grad()
 def held_out_loss(wrapper: MaskedLM, dataset, collator, batch_size: int, accelerator) -> dict[str, float]:
     from .data import make_loader
