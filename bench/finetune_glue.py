@@ -369,6 +369,8 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE / "runs" / "finetune_glue"))
     parser.add_argument("--output", default=str(HERE / "results" / "finetune_glue_cpu"))
     args = parser.parse_args()
+    if args.slice < 0:
+        parser.error(f"--slice must be >= 0, got {args.slice}")
     logging.basicConfig(level=logging.WARNING)
     mixed = args.mixed_precision if args.mixed_precision != "auto" else mixed_precision()
     caps = parse_samples(args.train_samples)

@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 from collections import Counter
@@ -88,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, help="where pretrain_cpu.{json,md} go (bench/results; smoke: RUNS, so "
                    "that a smoke run never overwrites the committed results)")
     p.add_argument("--text", help="comma-separated text files under DATA/text, the held-out one last")
-    p.add_argument("--config", help="pre-training config: a preset, a config.json, or tiny (bert-l2-h256-a8; smoke: tiny)")
+    p.add_argument("--config", help=f"pre-training config: a preset, a config.json, or tiny ({DEFAULTS['config']}; "
+                   "smoke: tiny)")
     p.add_argument("--tokenizer", help="wordpiece:N (trained on the text, cached) or a tokenizer folder")
     p.add_argument("--steps", type=int, help="the full run's optimizer steps over both phases")
     p.add_argument("--slice", type=int, help="steps each method runs before the next one takes over")
@@ -169,10 +171,13 @@ NO_PRETRAINING = "theta0"  # the downstream row of the encoder at theta_0, befor
 def theta0_checkpoint(args, base: PretrainConfig) -> Path:
     """theta_0 saved as a model folder beside the pre-trained ones (the full run's copy: all three start there)."""
     folder = args.runs / "pretrain" / NO_PRETRAINING
-    if not (folder / "config.json").exists():
+    if not folder.exists():
         tokenizer, model_config, _ = prepare(base)  # the cached tokenizer and token file: nothing is rebuilt
-        initial_model(model_config, args.runs / "pretrain" / "full").save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        partial = folder.with_name(folder.name + ".partial")  # renamed once whole: a killed write is not reused
+        shutil.rmtree(partial, ignore_errors=True)
+        initial_model(model_config, args.runs / "pretrain" / "full").save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(folder)
     return folder
 
 

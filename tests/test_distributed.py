@@ -69,3 +69,20 @@ def test_two_gloo_processes_pretrain_the_same_ticket_as_one(tmp_path):
                        atol=1e-5, rtol=0)
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
     assert results[0]["stages"]["phase1"]["steps"] == results[1]["stages"]["phase1"]["steps"] == round(0.8 * 11)
+
+
+def test_two_gloo_processes_compare_the_methods_in_turns(tmp_path):
+    encoder = write_tiny_encoder(tmp_path / "encoder")
+    data = write_sst2_like(tmp_path / "glue")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    torchrun(["compare", "--model", str(encoder), "--task", "sst2", "--data", str(data), "--epochs", "1",
+              "--earlybert-epochs", "1", "--search-epoch-fraction", "0.75", "--patience", "2", "--lr", "5e-4",
+              "--batch-size", "4", "--methods", "full,earlybert,random", "--seeds", "1", "--slice", "3",
+              "--output", str(tmp_path / "cmp")], 29535, env)
+    # one group of two processes, not two lone ones each training its own copy into the same folder
+    assert json.loads((tmp_path / "cmp" / "earlybert-seed1" / "search.json").read_text())["processes"] == 2
+    runs = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == ["earlybert", "full", "random"]
+    random_ticket = eb.Ticket.load(tmp_path / "cmp" / "random-seed1" / "ticket.json")
+    earlybert_ticket = eb.Ticket.load(tmp_path / "cmp" / "earlybert-seed1" / "ticket.json")
+    assert random_ticket.kept_heads == earlybert_ticket.kept_heads and random_ticket.kept_ffn == earlybert_ticket.kept_ffn

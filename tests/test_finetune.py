@@ -1,6 +1,7 @@
 """The fine-tuning pipeline end to end on a tiny encoder and fixture data: methods, artefacts, resume, bad input."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -101,7 +102,7 @@ def test_a_run_in_slices_ends_where_an_uninterrupted_one_does(method, tiny_encod
         results = finetune(config, resume=calls > 0, stop_after=3)
         calls += 1
     steps = sum(stage["steps"] for stage in whole["stages"].values())
-    assert calls >= steps // 3  # a pause every 3 steps, the last call finishing (and evaluating) the run
+    assert calls == math.ceil(steps / 3)  # a pause every 3 steps, the last call finishing (and evaluating) the run
     assert len(measured) == 1  # the slim / full calibration: once, before training, not on every resume
     assert results["metrics"] == whole["metrics"] and results["losses"] == whole["losses"]
     assert {k: v["steps"] for k, v in results["stages"].items()} == {k: v["steps"] for k, v in whole["stages"].items()}
@@ -174,11 +175,34 @@ def test_compare_interleaves_the_methods_in_slices_with_the_results_of_whole_run
     assert [r["method"] for r in sliced] == [r["method"] for r in whole] == ["full", "earlybert", "random"]
     for a, b in zip(whole, sliced):
         assert (a["metrics"], a["losses"], a["ticket"]) == (b["metrics"], b["losses"], b["ticket"])
-    # full: 16 steps; EarlyBERT: a 6-step search, then 8; random: 8, once EarlyBERT's search has drawn its ticket
-    assert [(method, finished) for method, _, finished in calls] == [
-        ("full", False), ("earlybert", False),  # the search is not done: the random ticket waits
-        ("full", False), ("earlybert", False), ("random", False),
-        ("full", False), ("earlybert", False), ("random", True),
-        ("full", True), ("earlybert", True)]
-    assert all(stop == 4 for _, stop, _ in calls)
+    # turns in proportion to the epochs each trains: full 2 (16 steps) gets 4 steps a turn, EarlyBERT 1 + a 0.75-epoch
+    # search (8 + 6 steps) 4, random 1 (8 steps) 2, once EarlyBERT's search has drawn the ticket whose shape it copies
+    assert calls == [
+        ("full", 4, False), ("earlybert", 4, False),  # the search is not done: the random ticket waits
+        ("full", 4, False), ("earlybert", 4, False), ("random", 2, False),
+        ("full", 4, False), ("earlybert", 4, False), ("random", 2, False),
+        ("full", 4, True), ("earlybert", 4, True), ("random", 2, False),
+        ("random", 2, True)]
+    assert json.loads((tmp_path / "sliced" / "comparison.json").read_text())["slice_steps"] == 4
+    assert "taking turns of up to 4 steps each" in (tmp_path / "sliced" / "report.md").read_text()
+    assert "one after another" in (tmp_path / "whole" / "report.md").read_text()
     assert (tmp_path / "sliced" / "random-seed1" / "config.json").read_text().count("earlybert-seed1/ticket.json") == 1
+
+
+def test_a_random_ticket_alone_copies_the_shape_of_an_earlier_earlybert_run_and_never_waits_forever(
+        tiny_encoder, glue_dir, tmp_path):
+    from earlybert import compare as compare_module
+
+    base = config_for(tiny_encoder, glue_dir, tmp_path / "cmp")
+    compare_module.compare(base, ["earlybert"], [1])
+    [random] = compare_module.compare(base, ["random"], [1], resume=True)
+    assert random["ticket"] == json.loads((tmp_path / "cmp" / "earlybert-seed1" / "results.json").read_text())["ticket"]
+    assert "earlybert-seed1/ticket.json" in (tmp_path / "cmp" / "random-seed1" / "config.json").read_text()
+    # an EarlyBERT run that finished without its ticket: the random run says so instead of waiting for it
+    (tmp_path / "cmp" / "earlybert-seed2").mkdir()
+    (tmp_path / "cmp" / "earlybert-seed2" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="random seed 2: .*earlybert-seed2/ticket.json is missing although the "
+                                         "EarlyBERT run has finished"):
+        compare_module.compare(base, ["earlybert", "random"], [2], resume=True)
+    with pytest.raises(ValueError, match=r"slice_steps \(--slice\) must be >= 0, got -1"):
+        compare_module.compare(base, ["full"], [1], resume=True, slice_steps=-1)

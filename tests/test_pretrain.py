@@ -530,4 +530,6 @@ def test_a_config_without_vocab_size_takes_the_tokenizers(tmp_path):
     (tmp_path / "folder" / "config.json").write_text(json.dumps(shape))
     config = build_config(str(tmp_path / "folder"), 123)
     assert (config.vocab_size, config.intermediate_size) == (123, 37)
-    assert build_config(str(tmp_path / "sized.json"), 123).intermediate_size == 37
+    (tmp_path / "sized_folder").mkdir()
+    (tmp_path / "sized_folder" / "config.json").write_text(json.dumps({**shape, "vocab_size": 200}))
+    assert build_config(str(tmp_path / "sized_folder"), 123).vocab_size == 200

@@ -571,8 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help="(%(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
     p.add_argument("--slice", type=int, default=SLICE_STEPS, help="the methods of a seed take turns, this many "
-                   "optimizer steps each, so that a drift in the machine's speed falls on all alike; each turn ends "
-                   "at a checkpoint (on a fast GPU, a cost: 0 runs each method to its end in turn) (%(default)s)")
+                   "optimizer steps for the longest and a proportional share for the others, so that a drift in the "
+                   "machine's speed falls on all alike; each turn ends at a checkpoint (on a fast GPU, a cost: 0 runs "
+                   "each method to its end in turn) (%(default)s)")
     p.set_defaults(func=cmd_compare)
     _add_choosing_parsers(sub)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import replace
 
 from .finetune import METHODS, FinetuneConfig, RunFolder, finetune
@@ -13,18 +14,20 @@ from .runs import atomic_write_text
 logger = logging.getLogger(__name__)
 
 FIGURE = "comparison.png"  # next to the comparison's report.md
-SLICE_STEPS = 100  # optimizer steps each method runs before the next takes over (see compare)
+SLICE_STEPS = 100  # optimizer steps per turn of the longest method, the others in proportion (see compare)
 
 
 def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: bool = False,
             overwrite: bool = False, slice_steps: int | None = SLICE_STEPS) -> list[dict]:
     """Run every method for every seed into base.output/<method>-seed<k>; finished runs are kept on resume.
 
-    The methods of one seed take turns, `slice_steps` optimizer steps each (each pauses at a checkpoint and
-    resumes where it stopped), so that a drift in the machine's speed while they run falls on all of them alike:
-    run back to back, a 10% swing between one run and the next decides a time saving. None (or 0) runs each method
-    to its end in turn. The random ticket copies the per-layer shape of the EarlyBERT ticket of the same seed when
-    there is one, as in the paper ("a random ticket of the same shape"); it waits for that ticket to be drawn.
+    The methods of one seed take turns (each pauses at a checkpoint and resumes where it stopped), so that a drift
+    in the machine's speed while they run falls on all of them alike: run back to back, a 10% swing between one
+    run and the next decides a time saving. A turn is `slice_steps` optimizer steps for the longest method and a
+    proportional share for the others (EarlyBERT's 2 epochs and its search against full's 3), so that all of them
+    run through the same stretch of time; None (or 0) runs each method to its end in turn. The random ticket copies
+    the per-layer shape of the EarlyBERT ticket of the same seed when there is one, as in the paper ("a random
+    ticket of the same shape"); when EarlyBERT is among the methods, it waits for that ticket to be drawn.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -33,10 +36,15 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
         raise ValueError("give at least one seed")
     if slice_steps is not None and slice_steps < 0:
         raise ValueError(f"slice_steps (--slice) must be >= 0, got {slice_steps}")
+    import torch
     from accelerate import PartialState
 
-    root = RunFolder(base.output, resume, overwrite, is_main=PartialState().is_main_process).create()
+    # cpu=True without a GPU, as every run's own Accelerator: under torchrun the processes then form one gloo group
+    # (without it each would take itself for the only one and train its own copy into the same folder)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    root = RunFolder(base.output, resume, overwrite, is_main=state.is_main_process).create()
     order = sorted(methods, key=lambda m: m == "random")  # random after earlybert, to copy its ticket's shape
+    turns = _turns(base, order, slice_steps)
     runs = []
     for seed in seeds:
         done: dict[str, dict] = {}
@@ -47,36 +55,50 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
                 run_dir = root.path / f"{method}-seed{seed}"
                 results_file = run_dir / "results.json"
                 ticket_like = base.ticket_like
-                earlybert_ticket = root.path / f"earlybert-seed{seed}" / "ticket.json"
-                if method == "random" and ticket_like is None and "earlybert" in order:
-                    if not earlybert_ticket.exists():
+                earlybert_dir = root.path / f"earlybert-seed{seed}"
+                if method == "random" and ticket_like is None:
+                    if (earlybert_dir / "ticket.json").exists():
+                        ticket_like = str(earlybert_dir / "ticket.json")
+                    elif "earlybert" in order:
+                        if (earlybert_dir / "results.json").exists():  # it will never be drawn: do not wait forever
+                            raise ValueError(f"random seed {seed}: {earlybert_dir / 'ticket.json'} is missing although "
+                                             "the EarlyBERT run has finished; rerun that run with --overwrite")
                         continue  # EarlyBERT's search has not drawn it yet
-                    ticket_like = str(earlybert_ticket)
                 config = replace(base, method=method, seed=seed, output=str(run_dir), ticket_like=ticket_like)
                 if results_file.exists():
                     logger.info("%s seed %d: finished earlier, kept", method, seed)
                     done[method] = json.loads(results_file.read_text())
                     continue
-                # one method alone has nothing to take turns with
-                stop_after = (slice_steps or None) if len(order) > 1 else None
-                result = finetune(config, resume=run_dir.exists(), stop_after=stop_after)
+                result = finetune(config, resume=run_dir.exists(), stop_after=turns[method])
                 if result is not None:
                     done[method] = result
-                    _write_table(root)
+                    _write_table(root, slice_steps)
         runs.extend(done[method] for method in order)
-    _write_table(root)
+    _write_table(root, slice_steps)
     return runs
 
 
-def _write_table(root: RunFolder) -> None:
+def _turns(base: FinetuneConfig, order: list[str], slice_steps: int | None) -> dict[str, int | None]:
+    """Steps per turn of each method: `slice_steps` for the one that trains the most epochs (its search counted),
+    the others in proportion; None for all when there is nothing to take turns with."""
+    if not slice_steps or len(order) < 2:
+        return {method: None for method in order}
+    epochs = {m: replace(base, method=m).epochs_trained() for m in order}
+    longest = max(epochs.values())
+    return {m: max(1, math.ceil(slice_steps * epochs[m] / longest)) for m in order}
+
+
+def _write_table(root: RunFolder, slice_steps: int | None) -> None:
     """The table over every finished run in the folder, this call's and earlier calls' (other seeds) alike."""
     runs = [json.loads(p.read_text()) for p in sorted(root.path.glob("*-seed*/results.json"))]
     if not runs or not root.is_main:
         return
     rows, table = comparison_table(runs)
-    root.write_json("comparison.json", {"runs": runs, "rows": rows})
+    root.write_json("comparison.json", {"runs": runs, "rows": rows, "slice_steps": slice_steps or None})
     plot_comparison(runs, root.path / FIGURE)
-    note = ("The methods of each seed ran on the same machine, taking turns in slices of steps; time is the per-step protocol's total "
+    how = (f"taking turns of up to {slice_steps} steps each" if slice_steps and len({r["method"] for r in runs}) > 1
+           else "one after another")
+    note = (f"The methods of each seed ran on the same machine, {how}; time is the per-step protocol's total "
             "(forward, backward, optimizer; data loading excluded), EarlyBERT's including its search.")
     names = " and ".join(dict.fromkeys(data_name(r) for r in runs))
     figure = f"![score against training time, error bars over seeds]({FIGURE})"

@@ -139,6 +139,14 @@ class FinetuneConfig:
             del data["search_objective"]
         return data
 
+    def epochs_trained(self) -> float:
+        """Epochs of the training data this method's run goes through: its training, and EarlyBERT's own search at
+        its budget (the early bird may stop it sooner; a search read from search_from costs this run nothing)."""
+        if self.method not in _TICKET_METHODS:
+            return self.epochs
+        search = self.search_epoch_fraction if self.method == "earlybert" and not self.search_from else 0.0
+        return self.earlybert_epochs + search
+
     @property
     def searches_with_mlm(self) -> bool:
         """This run's own search (not one read from search_from) minimises the masked-LM loss."""
@@ -539,9 +547,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     """Run one method end to end into `config.output`; returns results.json's content.
 
     stop_after: run at most this many optimizer steps (search and training together) in this call, then checkpoint
-    and return None; calling again with resume=True continues exactly where it stopped. bench/finetune_glue.py
-    interleaves the methods of one task so, a slice at a time, so that a drift in the machine's speed falls on all
-    of them alike."""
+    and return None; calling again with resume=True continues exactly where it stopped. `compare` interleaves the
+    methods of one seed so, a turn at a time, so that a drift in the machine's speed falls on all of them."""
     from .tasks import evaluate_model
 
     budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
