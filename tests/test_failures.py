@@ -243,3 +243,10 @@ def test_model_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path, c
         assert error_line(capsys, command) == (
             f"earlybert: error: cannot load a model from '{tmp_path / 'nowhere'}': no such folder")
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_with_a_negative_slice_says_so_before_writing(tiny_encoder, glue_dir, tmp_path, capsys):
+    line = error_line(capsys, ["compare", "--model", str(tiny_encoder), "--task", "sst2", "--data", str(glue_dir),
+                               "--output", str(tmp_path / "cmp"), "--slice", "-1"])
+    assert line == "earlybert: error: slice_steps (--slice) must be >= 0, got -1"
+    assert not (tmp_path / "cmp").exists()
