@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import statistics
 import sys
 from collections import Counter
@@ -44,8 +43,8 @@ import torch
 from earlybert.data import TASKS, load_glue
 from earlybert.finetune import FinetuneConfig, finetune
 from earlybert.pretrain import (METHODS, PretrainConfig, compare_pretraining, context_free_loss, initial_model,
-                                prepare, unigram_entropy)
-from earlybert.runs import atomic_write_text
+                                prepare, run_tokenizer, unigram_entropy)
+from earlybert.runs import atomic_write_text, write_folder
 from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -154,7 +153,7 @@ def pretrain_all(args, base: PretrainConfig) -> dict[str, dict]:
 
 
 def unigram_plateau(base: PretrainConfig) -> dict:
-    tokenizer, _, phases = prepare(base)  # the cached tokenizer and token file: nothing is rebuilt
+    tokenizer, _, phases = prepare(base, run_tokenizer(Path(base.output) / "full"))  # the runs' own tokenizer
     held = phases[0][1]
     return {"entropy_nats": unigram_entropy(held, tokenizer.all_special_ids),
             "context_free_nats": context_free_loss(held, tokenizer.all_special_ids, len(tokenizer)),
@@ -172,12 +171,14 @@ def theta0_checkpoint(args, base: PretrainConfig) -> Path:
     """theta_0 saved as a model folder beside the pre-trained ones (the full run's copy: all three start there)."""
     folder = args.runs / "pretrain" / NO_PRETRAINING
     if not folder.exists():
-        tokenizer, model_config, _ = prepare(base)  # the cached tokenizer and token file: nothing is rebuilt
-        partial = folder.with_name(folder.name + ".partial")  # renamed once whole: a killed write is not reused
-        shutil.rmtree(partial, ignore_errors=True)
-        initial_model(model_config, args.runs / "pretrain" / "full").save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        partial.rename(folder)
+        full = args.runs / "pretrain" / "full"
+        tokenizer, model_config, _ = prepare(base, run_tokenizer(full))
+
+        def write(partial: Path) -> None:
+            initial_model(model_config, full).save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+
+        write_folder(folder, write)
     return folder
 
 

@@ -175,7 +175,7 @@ def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tin
     results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, out))
     artefacts = {"config.json", "theta0.safetensors", "search.json", "ticket.json", "mask_history.json", "phase1.json",
                  "phase2.json", "phase1_model", "phase2_model", "model", "results.json", "report.md", "attempts.json",
-                 "mask_distance.png", "ticket.png", "loss.png"}
+                 "mask_distance.png", "ticket.png", "loss.png", "tokenizer"}
     assert {p.name for p in out.iterdir()} == artefacts  # and no checkpoint left behind
     assert "![Mask distance during the search" in (out / "report.md").read_text()
     ticket = eb.Ticket.load(out / "ticket.json")
@@ -496,6 +496,43 @@ def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpu
     capsys.readouterr()
     assert main([*argv[:4], "wordpiece:lots", *argv[5:], "--output", str(tmp_path / "c")]) == 2
     assert "wordpiece:N" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_a_resumed_run_keeps_its_own_vocabulary_after_the_text_is_copied_anew(corpus, tmp_path, monkeypatch):
+    """A vocabulary trained on the corpus is not reproducible and its cache is keyed by the files' times: a run
+    resumed after the text was copied anew must go on with the token ids it was trained with."""
+    import shutil
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    text = tmp_path / "text"
+    shutil.copytree(corpus, text)
+    shape = tmp_path / "config.json"
+    shape.write_text(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=37, max_position_embeddings=64).to_json_string())
+    config = PretrainConfig(config=str(shape), tokenizer="wordpiece:200", text=(str(text),), output=str(tmp_path / "a"),
+                            method="full", steps=6, seq_len=(16, 32), batch_size=(8, 4), lr=(1e-3, 1e-3),
+                            warmup_ratio=(0.1, 0.1), held_out=0.1, checkpoint_every=2, cache_dir=str(tmp_path / "cache"))
+    whole = pretrain(config)
+    sliced = replace(config, output=str(tmp_path / "b"))
+    assert pretrain(sliced, stop_after=3) is None
+    own = AutoTokenizer.from_pretrained(tmp_path / "b" / "tokenizer")
+    assert own.get_vocab() == AutoTokenizer.from_pretrained(tmp_path / "a" / "model").get_vocab()
+    for f in text.iterdir():  # copied anew: same bytes, new times, so the cache no longer answers for them
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+
+    def retrain(*args):
+        raise AssertionError("a resumed run must not train a new vocabulary: its ids could differ")
+
+    monkeypatch.setattr(mlm_data, "_train_wordpiece", retrain)
+    resumed = pretrain(sliced, resume=True)
+    assert resumed["held_out"] == whole["held_out"]
+    assert json.loads((tmp_path / "b" / "phase1.json").read_text())["losses"] == \
+        json.loads((tmp_path / "a" / "phase1.json").read_text())["losses"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "b" / "model").get_vocab() == own.get_vocab()
+    with pytest.raises(AssertionError, match="new vocabulary"):  # a new run does resolve wordpiece:N again
+        pretrain(replace(config, output=str(tmp_path / "c")))
 
 
 def test_the_context_free_floor_equals_the_best_context_free_predictor_by_enumeration(tmp_path):

@@ -31,7 +31,7 @@ from torch import nn
 from .archs import config_layer_shapes, layer_shapes, max_positions, mlm_head
 from .gates import GateConfig
 from .prune import check_ticket_fits, prune
-from .runs import RunFolder, WallClock, atomic_write_bytes, find_checkpoint, remove_checkpoint
+from .runs import RunFolder, WallClock, atomic_write_bytes, find_checkpoint, remove_checkpoint, write_folder
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
 from .train import Paused, StageResult, StepBudget, TrainConfig, decay_groups, train_stage
@@ -218,14 +218,34 @@ def build_config(name_or_path: str, vocab_size: int):
     return config
 
 
-def prepare(config: PretrainConfig):
-    """Tokenizer, model config and data, all checked before anything is written."""
+RUN_TOKENIZER = "tokenizer"  # the run folder's own copy of the tokenizer it was started with
+
+
+def run_tokenizer(output: str | Path) -> Path | None:
+    """The tokenizer a run in `output` was started with; None before one was started there."""
+    folder = Path(output) / RUN_TOKENIZER
+    return folder if (folder / "tokenizer_config.json").exists() else None
+
+
+def prepare(config: PretrainConfig, tokenizer_dir: str | Path | None = None):
+    """Tokenizer, model config and data, all checked before anything is written.
+
+    tokenizer_dir: the tokenizer to use instead of resolving `config.tokenizer`; a resumed run passes its own
+    copy (`run_tokenizer`). A vocabulary trained on the corpus is not reproducible (WordPiece training breaks
+    ties differently from one training to the next) and its cache is keyed by the files' modification times,
+    so resolving `wordpiece:N` again after the text was copied anew gave a resumed run different token ids
+    for the same words, and its training silently went on with scrambled embeddings."""
     from . import mlm_data
 
     files = mlm_data.text_files(list(config.text))
     like = Ticket.load(config.ticket_like) if config.ticket_like else None  # before the tokenizer cache is written
     cache = Path(config.cache_dir) if config.cache_dir else Path(config.output).resolve().parent / ".earlybert-cache"
-    tokenizer = mlm_data.load_or_train_tokenizer(config.tokenizer, files, cache)
+    if tokenizer_dir is not None:
+        from .tasks import load_tokenizer
+
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+    else:
+        tokenizer = mlm_data.load_or_train_tokenizer(config.tokenizer, files, cache)
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise ValueError("the tokenizer needs [CLS], [SEP] and [MASK] tokens for BERT-style MLM")
     model_config = build_config(config.config, len(tokenizer))
@@ -539,10 +559,16 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     finished = folder.check_resume(config.to_dict()) if resume else None
     if finished is not None:
         return finished
+    pinned = run_tokenizer(folder.path) if resume and not folder.replace else None
     with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
-        tokenizer, model_config, phases = prepare(config)
+        tokenizer, model_config, phases = prepare(config, pinned)
     accelerator.wait_for_everyone()
     folder.create()
+    if pinned is None and accelerator.is_main_process:
+        if resume and run_tokenizer(folder.path) is None and folder.read_json("config.json") is not None:
+            logger.warning("%s was started before runs kept their tokenizer: resolving %r again may give other "
+                           "token ids than the run was trained with", folder.path, config.tokenizer)
+        write_folder(folder.path / RUN_TOKENIZER, tokenizer.save_pretrained)
     clock = WallClock(folder).begin()
     folder.write_json("config.json", config.to_dict())
     with accelerator.main_process_first():  # likewise theta_0: written once, read by every rank

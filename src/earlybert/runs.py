@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,15 @@ def broadcast_ticket(ticket, accelerator) -> tuple:
     if not agreed:
         logger.warning("ranks drew different tickets; all use rank 0's")
     return chosen, agreed
+
+
+def write_folder(path: Path, write: Callable[[Path], None]) -> None:
+    """write(folder) fills a staging folder beside `path`, renamed to `path` once whole: a kill never leaves a
+    half-written folder where a later run would take it for a finished one."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
+    os.replace(partial, path)
 
 
 def save_checkpoint(accelerator, directory: Path, progress: dict) -> None:
