@@ -7,6 +7,8 @@ import logging
 import math
 from dataclasses import replace
 
+import torch
+
 from .finetune import METHODS, FinetuneConfig, RunFolder, finetune
 from .report import comparison_table, data_name, plot_comparison
 from .runs import atomic_write_text
@@ -36,7 +38,6 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
         raise ValueError("give at least one seed")
     if slice_steps is not None and slice_steps < 0:
         raise ValueError(f"slice_steps (--slice) must be >= 0, got {slice_steps}")
-    import torch
     from accelerate import PartialState
 
     # cpu=True without a GPU, as every run's own Accelerator: under torchrun the processes then form one gloo group
@@ -45,6 +46,7 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
     root = RunFolder(base.output, resume, overwrite, is_main=state.is_main_process).create()
     order = sorted(methods, key=lambda m: m == "random")  # random after earlybert, to copy its ticket's shape
     turns = _turns(base, order, slice_steps)
+    turn = slice_steps if any(turns.values()) else None  # what the report says: turns taken or not
     runs = []
     for seed in seeds:
         done: dict[str, dict] = {}
@@ -72,9 +74,9 @@ def compare(base: FinetuneConfig, methods: list[str], seeds: list[int], resume: 
                 result = finetune(config, resume=run_dir.exists(), stop_after=turns[method])
                 if result is not None:
                     done[method] = result
-                    _write_table(root, slice_steps)
+                    _write_table(root, turn)
         runs.extend(done[method] for method in order)
-    _write_table(root, slice_steps)
+    _write_table(root, turn)
     return runs
 
 
@@ -88,16 +90,16 @@ def _turns(base: FinetuneConfig, order: list[str], slice_steps: int | None) -> d
     return {m: max(1, math.ceil(slice_steps * epochs[m] / longest)) for m in order}
 
 
-def _write_table(root: RunFolder, slice_steps: int | None) -> None:
-    """The table over every finished run in the folder, this call's and earlier calls' (other seeds) alike."""
+def _write_table(root: RunFolder, turn: int | None) -> None:
+    """The table over every finished run in the folder, this call's and earlier calls' (other seeds) alike; `turn`:
+    the longest method's steps per turn, None where the methods ran one after another."""
     runs = [json.loads(p.read_text()) for p in sorted(root.path.glob("*-seed*/results.json"))]
     if not runs or not root.is_main:
         return
     rows, table = comparison_table(runs)
-    root.write_json("comparison.json", {"runs": runs, "rows": rows, "slice_steps": slice_steps or None})
+    root.write_json("comparison.json", {"runs": runs, "rows": rows, "slice_steps": turn})
     plot_comparison(runs, root.path / FIGURE)
-    how = (f"taking turns of up to {slice_steps} steps each" if slice_steps and len({r["method"] for r in runs}) > 1
-           else "one after another")
+    how = f"taking turns of up to {turn} steps each" if turn else "one after another"
     note = (f"The methods of each seed ran on the same machine, {how}; time is the per-step protocol's total "
             "(forward, backward, optimizer; data loading excluded), EarlyBERT's including its search.")
     names = " and ".join(dict.fromkeys(data_name(r) for r in runs))

@@ -316,6 +316,7 @@ class _Run:
     accelerator: object  # the run's own, for what spans stages (ticket broadcast, saving, barriers)
     new_accelerator: Callable  # a fresh accelerator for each stage
     clock: WallClock
+    budget: StepBudget | None = None  # this call's steps (finetune's stop_after): the stages pause once it is spent
 
 
 def _open_run(config: FinetuneConfig, resume: bool, overwrite: bool) -> _Run | dict:
@@ -347,7 +348,7 @@ class _Prepared:
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _prepare_full(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
+def _prepare_full(run: _Run, model: nn.Module) -> _Prepared:
     return _Prepared(model)
 
 
@@ -442,7 +443,7 @@ def warn_if_unaligned(ticket: Ticket, device: torch.device) -> bool:
     return True
 
 
-def _prepare_earlybert(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
+def _prepare_earlybert(run: _Run, model: nn.Module) -> _Prepared:
     """Search (or, with `search_from`, a finished search's coefficients), draw the ticket, prune a fresh model."""
     config, task_info = run.config, run.task_info
     if config.search_from:
@@ -451,7 +452,7 @@ def _prepare_earlybert(run: _Run, model: nn.Module, budget: StepBudget | None = 
                                 for name in ("search.json", "mask_history.json"))
         run.folder.write_json("ticket.json", ticket.to_dict())
     else:
-        ticket, search_done = _search(run, model, budget)
+        ticket, search_done = _search(run, model, run.budget)
         history = run.folder.read_json("mask_history.json")
     logger.info("stage: draw -> %s", ticket.summary())
     warn_if_unaligned(ticket, run.accelerator.device)
@@ -461,7 +462,7 @@ def _prepare_earlybert(run: _Run, model: nn.Module, budget: StepBudget | None = 
     return _Prepared(model, ticket, history, {"search": search_done["stage"]}, {"search": search_done["losses"]})
 
 
-def _prepare_random(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
+def _prepare_random(run: _Run, model: nn.Module) -> _Prepared:
     ticket = _ticket_for_random(model, run.config)
     run.folder.write_json("ticket.json", ticket.to_dict())
     logger.info("stage: random ticket -> %s", ticket.summary())
@@ -470,7 +471,7 @@ def _prepare_random(run: _Run, model: nn.Module, budget: StepBudget | None = Non
     return _Prepared(model, ticket)
 
 
-def _prepare_layerdrop(run: _Run, model: nn.Module, budget: StepBudget | None = None) -> _Prepared:
+def _prepare_layerdrop(run: _Run, model: nn.Module) -> _Prepared:
     add_layerdrop(model, run.config.layerdrop)
     return _Prepared(model)
 
@@ -548,13 +549,14 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
 
     stop_after: run at most this many optimizer steps (search and training together) in this call, then checkpoint
     and return None; calling again with resume=True continues exactly where it stopped. `compare` interleaves the
-    methods of one seed so, a turn at a time, so that a drift in the machine's speed falls on all of them."""
+    methods of one seed this way, a turn at a time, so that a drift in the machine's speed falls on all of them."""
     from .tasks import evaluate_model
 
     budget = StepBudget(stop_after) if stop_after is not None else None  # checked before anything is written
     run = _open_run(config, resume, overwrite)
     if isinstance(run, dict):
         return run
+    run.budget = budget
     task_info, folder, accelerator, new_accelerator = run.task_info, run.folder, run.accelerator, run.new_accelerator
     train_cfg = config.train_config(slim=config.method in _TICKET_METHODS)
     full_steps = math.ceil(config.epochs * steps_per_epoch(len(task_info.train_features), config.train_config(False),
@@ -563,7 +565,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
     model = _seeded_model(config, task_info)
     full_flops = _linear_flops_per_step(model, task_info, config)
     try:
-        prepared = _PREPARE[config.method](run, model, budget)
+        prepared = _PREPARE[config.method](run, model)
         model, ticket = prepared.model, prepared.ticket
         flops = {"full": full_flops,
                  "trained_model": _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops}
