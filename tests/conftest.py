@@ -173,6 +173,7 @@ def torchrun(args: list[str], port: int, env: dict, timeout: int = 600) -> subpr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(port), "--tee", "3", "-m", "earlybert", *args], capture_output=True, text=True, env=env,
                          timeout=timeout)
-    said = [line for line in (two.stdout + two.stderr).splitlines() if line.startswith("[default")]
-    assert two.returncode == 0, "\n".join(said)[-3000:] + "\n--- launcher ---\n" + two.stderr[-1500:]
+    lines = (two.stdout + two.stderr).splitlines()
+    said = ["\n".join(line for line in lines if line.startswith(f"[default{rank}]"))[-2000:] for rank in (0, 1)]
+    assert two.returncode == 0, "\n".join(said) + "\n--- launcher ---\n" + two.stderr[-1500:]  # each rank's own end
     return two

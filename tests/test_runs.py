@@ -54,3 +54,27 @@ def test_checkpoints_swap_in_whole_and_a_kill_between_renames_is_recovered(tmp_p
     assert json.loads((find_checkpoint(directory) / "progress.json").read_text()) == {"step": 2}
     remove_checkpoint(directory, accelerator)
     assert find_checkpoint(directory) is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_waits_for_every_ranks_own_files_before_it_is_renamed_in(tmp_path):
+    """Under torchrun each rank writes its own RNG state into the staging folder, and accelerate's save_state has
+    no barrier at its end. Here a second rank's write lands when the next barrier releases, as a slower rank's
+    would: the checkpoint must not be renamed in before that."""
+
+    class TwoRanks:
+        is_main_process = True
+        pending: list = []
+
+        def save_state(self, directory):
+            os.makedirs(directory)
+            (tmp_path / "ckpt.tmp" / "random_states_0.pkl").write_bytes(b"rank 0")
+            self.pending.append(lambda: (tmp_path / "ckpt.tmp" / "random_states_1.pkl").write_bytes(b"rank 1"))
+
+        def wait_for_everyone(self):
+            while self.pending:
+                self.pending.pop()()
+
+    save_checkpoint(TwoRanks(), tmp_path / "ckpt", {"steps": 1})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["progress.json", "random_states_0.pkl",
+                                                                      "random_states_1.pkl"]
+    assert not (tmp_path / "ckpt.tmp").exists()

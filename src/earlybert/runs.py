@@ -214,6 +214,9 @@ def save_checkpoint(accelerator, directory: Path, progress: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # Every rank writes its own RNG state into `tmp` and save_state returns without a barrier: renaming `tmp`
+    # before the other ranks have written made them fail (or a resume miss their states).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "progress.json").write_text(json.dumps(progress))
         if directory.exists():
