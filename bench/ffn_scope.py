@@ -5,8 +5,8 @@ config.json, only `ticket.ffn_scope` changed). The global side of each pair is t
 difference is paired on search, seed, data and recipe. Both tickets prune the same number of neurons, so the
 FLOPs and the step time are the same; only which layers give them up differs.
 
-Why: a 54-step search on CoLA prunes the first FFN layers hardest (MiniLM-L6: ~58% of layers 1-2 against ~20% of
-layer 4), where the paper saw later layers pruned more after its longer searches.
+Why: a 54-step search on CoLA prunes the early FFN layers hardest (MiniLM-L6: the 2nd and 3rd layers lose 52-60% of
+their neurons, the 5th 14-18%), where the paper saw later layers pruned more after its longer searches.
 
     taskset -c 0 env OMP_NUM_THREADS=1 python bench/ffn_scope.py
 
