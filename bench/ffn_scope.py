@@ -28,12 +28,12 @@ if (ROOT / "src" / "earlybert").is_dir():
     sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from earlybert.finetune import COEFFICIENTS, FinetuneConfig, finetune, save_coefficients  # noqa: E402
 from earlybert.runs import atomic_write_text  # noqa: E402
 from earlybert.ticket import Ticket  # noqa: E402
 
+from finetune_glue import interval  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -85,10 +85,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     pairs = [layerwise(args, task, int(seed)) for task in args.tasks.split(",") for seed in args.seeds.split(",")]
     diffs = [p["layer"] - p["global"] for p in pairs]
-    mean = statistics.mean(diffs)
-    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    paired = interval(diffs)  # the GLUE table's own paired mean and 95% t-interval
+    mean, (low, high) = paired["mean"], paired["ci95"]
     by_task = {t: [p["layer"] - p["global"] for p in pairs if p["task"] == t] for t in args.tasks.split(",")}
-    summary = {"layer_minus_global": mean, "ci95": [mean - half, mean + half], "pairs": len(diffs),
+    summary = {"layer_minus_global": mean, "ci95": paired["ci95"], "pairs": len(diffs),
                "layer_better": sum(d > 0 for d in diffs), "global_better": sum(d < 0 for d in diffs),
                "by_task": {t: statistics.mean(d) for t, d in by_task.items()}}
     result = {"command": "python " + " ".join(sys.argv), "machine": {"cpu": cpu_name(), "torch": torch.__version__},
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     lines += [f"| {p['task']} | {p['seed']} | {p['global']:.2f} | {p['layer']:.2f} | {p['layer'] - p['global']:+.2f} "
               f"| {p['kept_ffn']['global']} |" for p in pairs]
     lines += ["", f"Layer-wise minus global over {len(diffs)} pairs: {mean:+.2f} points "
-              f"(95% CI {mean - half:+.2f} to {mean + half:+.2f}); layer-wise better in {summary['layer_better']}, "
+              f"(95% CI {low:+.2f} to {high:+.2f}); layer-wise better in {summary['layer_better']}, "
               f"global in {summary['global_better']}. Per task: "
               + ", ".join(f"{t} {d:+.2f}" for t, d in summary["by_task"].items()) + "."]
     atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")

@@ -565,7 +565,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     accelerator.wait_for_everyone()
     folder.create()
     if pinned is None and accelerator.is_main_process:
-        if resume and run_tokenizer(folder.path) is None and folder.read_json("config.json") is not None:
+        if resume and folder.read_json("config.json") is not None:  # a resumed run that kept no tokenizer
             logger.warning("%s was started before runs kept their tokenizer: resolving %r again may give other "
                            "token ids than the run was trained with", folder.path, config.tokenizer)
         write_folder(folder.path / RUN_TOKENIZER, tokenizer.save_pretrained)
