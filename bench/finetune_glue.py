@@ -15,7 +15,10 @@ steps of every stage counted at the stage's mean), EarlyBERT's including its sea
 
 Runs live in bench/runs/ (not committed) and are kept: rerunning the command continues where it stopped, also
 in another sitting (each run's results.json records its machine time; every (task, seed) group runs in one
-sitting). The summary goes to bench/results/finetune_glue_cpu.json and .md after every run.
+sitting). The summary goes to bench/results/finetune_glue_cpu.json and .md after every group. That JSON is also
+the ledger a fresh checkout continues from: the finished runs it lists are put back into the runs folder (see
+`restore`), so committing it after each sitting carries the table over to another machine; `groups` says which
+machine each (task, seed) group ran on, since a time saving is a ratio within one group.
 
 On a GPU (bf16 autocast, the whole of SST-2, checkpoints off, stop starting new groups when the budget runs out),
 with the GLUE folders and the model brought along (bench/gpu.py --prepare writes both into gpu_payload/):
@@ -255,15 +258,66 @@ def machine_info(mixed: str) -> dict:
     return info
 
 
-def write_results(args, runs: list[dict], started: float, mixed: str, notes: list[str] = ()) -> None:
+# The settings that make two sittings' runs one table: a ledger made with other values is refused, not extended.
+TABLE_SETTINGS = ("lr", "max_length", "train_samples", "slice", "model")
+
+
+def restore(args) -> dict[str, dict]:
+    """Continue from the results JSON when the runs folder lacks its runs (a fresh checkout, another machine).
+
+    Every finished run the JSON lists (core and variant) whose results.json is missing is written back where
+    compare() looks for it, so that its group counts as done and is not trained again; partial runs cannot be
+    recovered this way and start over. Returns the JSON's `groups` (the machine each (task, seed) group ran on),
+    the groups of a ledger written before it kept that taken to be its last sitting's machine."""
+    ledger = Path(args.output).with_suffix(".json")
+    if not ledger.exists():
+        return {}
+    saved = json.loads(ledger.read_text())
+    settings = saved.get("settings", {})
+    differing = [f"--{k.replace('_', '-')} {settings[k]} (this run: {getattr(args, k)})" for k in TABLE_SETTINGS
+                 if k in settings and settings[k] != getattr(args, k)]
+    if differing:
+        raise SystemExit(f"finetune_glue.py: error: {ledger} holds a table made with {', '.join(differing)}; "
+                         "rerun with its settings or give another --output")
+    runs_dir, restored = Path(args.runs), 0
+    for run in saved.get("runs", []):
+        restored += _put_back(runs_dir / run["task"] / f"{run['method']}-seed{run['seed']}", run)
+    for run in saved.get("variant_runs", []):
+        run = dict(run)
+        variant = run.pop("variant")  # added by collect_variants, not part of the run's own results.json
+        restored += _put_back(runs_dir / "variants" / run["task"] / variant / f"{run['method']}-seed{run['seed']}", run)
+    if restored:
+        print(f"{restored} finished run(s) restored from {ledger} into {runs_dir}", flush=True)
+    groups = dict(saved.get("groups", {}))
+    for run in saved.get("runs", []):
+        groups.setdefault(group_key(run["task"], run["seed"]), saved.get("machine", {}))
+    return groups
+
+
+def _put_back(run_dir: Path, run: dict) -> int:
+    results = run_dir / "results.json"
+    if results.exists():
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results, json.dumps(run, indent=1))
+    return 1
+
+
+def group_key(task: str, seed: int) -> str:
+    return f"{task}/seed{seed}"
+
+
+def write_results(args, runs: list[dict], started: float, mixed: str, notes: list[str] = (),
+                  groups: dict[str, dict] | None = None) -> None:
     rows, table = comparison_table(runs)
     summ = summary(runs)
     machine = machine_info(mixed)
     variant_runs = collect_variants(Path(args.runs))
     variants = variant_summary(runs, variant_runs)
     pairs = [p for p in (variant_pairs(variants, name) for name in VARIANTS if name.startswith("earlybert-")) if p]
+    groups = groups or {}
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
-              "summary": summ, "variants": variants, "variant_pairs": pairs, "notes": list(notes), "rows": rows,
+              "groups": groups, "summary": summ, "variants": variants, "variant_pairs": pairs, "notes": list(notes), "rows": rows,
               "runs": runs,
               "variant_runs": variant_runs, "elapsed_s": time.time() - started}
     output = Path(args.output)
@@ -276,6 +330,7 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
         f"# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE ({'GPU' if 'gpu' in machine else 'CPU'})", "",
         f"Command: `{result['command']}`  ",
         f"Machine (this sitting): {where}, torch {machine['torch']}, mixed precision {mixed}  ",
+        *_machines_line(groups),
         f"Training sets: {sets}; QNLI trains on 2,000 "
         "pairs of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
         f"{args.max_length}, batch 32. Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
@@ -345,6 +400,18 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     atomic_write_text(output.with_suffix(".md"), "\n".join(lines))
 
 
+def _machines_line(groups: dict[str, dict]) -> list[str]:
+    """Where the groups ran on more than one machine: which groups ran where (times are compared within a group)."""
+    where: dict[str, list[str]] = {}
+    for key, m in groups.items():
+        where.setdefault(f"{m.get('cpu', m.get('gpu', '?'))}, {m.get('threads', '?')} threads, "
+                         f"{m.get('mixed_precision', '?')}", []).append(key)
+    if len(where) < 2:
+        return []
+    return [f"Groups by machine (time saved is a ratio within a group): "
+            + "; ".join(f"{m}: {', '.join(keys)}" for m, keys in where.items()) + "  "]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -376,6 +443,7 @@ def main() -> None:
     caps = parse_samples(args.train_samples)
     model = args.model or minilm_path()
     started = time.time()
+    groups = restore(args)
     runs_dir = Path(args.runs)
     data_root = unpacked(Path(args.data), runs_dir / "data")
     qnli_root = qnli_split(runs_dir / "data", data_root)
@@ -424,8 +492,9 @@ def main() -> None:
                 done = []
             if done and not ran_before:
                 spent_s, spent_units = spent_s + time.time() - t0, spent_units + units
-            write_results(args, collect(runs_dir), started, mixed, notes)
-    write_results(args, collect(runs_dir), started, mixed, notes)
+                groups[group_key(task, seed)] = machine_info(mixed)
+            write_results(args, collect(runs_dir), started, mixed, notes, groups)
+    write_results(args, collect(runs_dir), started, mixed, notes, groups)
     print(Path(args.output).with_suffix(".md").read_text())
 
 

@@ -107,3 +107,53 @@ def test_a_variant_is_paired_with_its_random_twin_of_the_same_task_and_seed(glue
     assert pair["minus_random"]["mean"] == pytest.approx(2.5) and pair["time_saved"] == pytest.approx(0.45)
     assert pair["time_saved_same_sitting"] == pytest.approx(0.5)
     assert glue.variant_pairs(out, "earlybert-heads") is None
+
+
+
+def _args(tmp_path, **overrides):
+    from argparse import Namespace
+
+    settings = dict(lr=4e-5, max_length=128, train_samples="sst2=10000", slice=100, model=None,
+                    runs=str(tmp_path / "runs"), output=str(tmp_path / "results" / "table"))
+    return Namespace(**{**settings, **overrides})
+
+
+def test_a_fresh_checkout_continues_the_table_from_its_committed_json(glue, tmp_path):
+    import json
+
+    args = _args(tmp_path)
+    runs = [{"task": "rte", "method": m, "seed": 1, "score": 60.0 + i, "total_step_time_s": 10.0}
+            for i, m in enumerate(("full", "earlybert", "random"))]
+    variant = {"task": "rte", "method": "full", "seed": 1, "score": 61.0, "total_step_time_s": 12.0,
+               "variant": "full-lr2x"}
+    (tmp_path / "results").mkdir()
+    ledger = tmp_path / "results" / "table.json"
+    ledger.write_text(json.dumps({"settings": vars(args), "machine": {"cpu": "AMD EPYC", "threads": 1},
+                                  "groups": {"cola/seed1": {"cpu": "Intel Xeon"}}, "runs": runs,
+                                  "variant_runs": [variant]}))
+    assert glue.restore(_args(tmp_path, output=str(tmp_path / "none"))) == {}  # no ledger: nothing to continue
+
+    groups = glue.restore(args)
+    restored = glue.collect(tmp_path / "runs")
+    assert [(r["method"], r["score"]) for r in restored] == [("full", 60.0), ("earlybert", 61.0), ("random", 62.0)]
+    assert glue.collect_variants(tmp_path / "runs") == [variant]  # its folder carries the variant's name again
+    # a ledger written before groups were kept: its runs ran on its last sitting's machine
+    assert groups == {"cola/seed1": {"cpu": "Intel Xeon"}, "rte/seed1": {"cpu": "AMD EPYC", "threads": 1}}
+
+    # a run already in the folder is the newer one: kept as it is
+    kept = tmp_path / "runs" / "rte" / "full-seed1" / "results.json"
+    kept.write_text(json.dumps({**runs[0], "score": 70.0}))
+    glue.restore(args)
+    assert json.loads(kept.read_text())["score"] == 70.0
+
+    # a table made with other settings is not extended: one line naming the flag, nothing written
+    with pytest.raises(SystemExit, match=r"table\.json holds a table made with --lr 4e-05 \(this run: 2e-05\)"):
+        glue.restore(_args(tmp_path, lr=2e-5, runs=str(tmp_path / "other")))
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_report_names_each_groups_machine_only_when_they_differ(glue):
+    one = {"cpu": "AMD EPYC", "threads": 1, "mixed_precision": "bf16"}
+    assert glue._machines_line({"rte/seed1": one, "cola/seed1": one}) == []
+    line, = glue._machines_line({"rte/seed1": one, "cola/seed1": {**one, "cpu": "Intel Xeon"}})
+    assert "AMD EPYC, 1 threads, bf16: rte/seed1" in line and "Intel Xeon, 1 threads, bf16: cola/seed1" in line
