@@ -118,6 +118,31 @@ def test_resume_refuses_a_different_configuration(tiny_encoder, glue_dir, tmp_pa
         finetune(config_for(tiny_encoder, glue_dir, tmp_path / "run", method="full", epochs=2), resume=True)
 
 
+def test_resume_refuses_data_that_changed_since_the_run_started(tiny_encoder, tmp_path):
+    """Same settings, same paths, another file behind them: the rest of the run would train on other examples."""
+    from conftest import write_sst2_like
+
+    data = write_sst2_like(tmp_path / "glue")
+    config = config_for(tiny_encoder, data, tmp_path / "run", method="full")
+    assert finetune(config, stop_after=2) is None
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["source"] == f"--task sst2 --data {data}"
+    copied = tmp_path / "copy" / "SST-2"  # the same bytes copied anew (new times) are the same data
+    copied.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (copied / name).write_bytes((data / "SST-2" / name).read_bytes())
+        (data / "SST-2" / name).unlink()
+        (copied / name).rename(data / "SST-2" / name)
+    assert finetune(config, resume=True, stop_after=2) is None
+    write_sst2_like(tmp_path / "glue", seed=1)  # other sentences, same paths and settings
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"run folder .*run was started on other data: the examples --task sst2 "
+                                         r"--data .* gives now differ"):
+        finetune(config, resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before  # nothing written
+    (tmp_path / "run" / "data.json").unlink()  # a run from before runs kept their data's fingerprint: goes on
+    assert finetune(config, resume=True)["method"] == "full"
+
+
 def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tiny_encoder, glue_dir, tmp_path, monkeypatch):
     reference = finetune(config_for(tiny_encoder, glue_dir, tmp_path / "whole", method="full", batch_size=4,
                                     grad_accum=2, checkpoint_every=3))

@@ -175,7 +175,7 @@ def test_earlybert_pretraining_resets_to_theta0_prunes_and_trains_80_percent(tin
     results = pretrain(run_config(tiny_encoder, tiny_config_file, corpus, out))
     artefacts = {"config.json", "theta0.safetensors", "search.json", "ticket.json", "mask_history.json", "phase1.json",
                  "phase2.json", "phase1_model", "phase2_model", "model", "results.json", "report.md", "attempts.json",
-                 "mask_distance.png", "ticket.png", "loss.png", "tokenizer"}
+                 "mask_distance.png", "ticket.png", "loss.png", "tokenizer", "data.json"}
     assert {p.name for p in out.iterdir()} == artefacts  # and no checkpoint left behind
     assert "![Mask distance during the search" in (out / "report.md").read_text()
     ticket = eb.Ticket.load(out / "ticket.json")
@@ -499,8 +499,8 @@ def test_a_wordpiece_vocabulary_trained_on_the_corpus_is_cached_and_reused(corpu
 
 
 def test_a_resumed_run_keeps_its_own_vocabulary_after_the_text_is_copied_anew(corpus, tmp_path, monkeypatch):
-    """A vocabulary trained on the corpus is not reproducible and its cache is keyed by the files' times: a run
-    resumed after the text was copied anew must go on with the token ids it was trained with."""
+    """A vocabulary trained on the corpus is not reproducible: a run resumed where the cache no longer holds it (a
+    fresh checkout, a cleared cache) must go on with the token ids it was trained with, not train new ones."""
     import shutil
     from dataclasses import replace
 
@@ -519,8 +519,7 @@ def test_a_resumed_run_keeps_its_own_vocabulary_after_the_text_is_copied_anew(co
     assert pretrain(sliced, stop_after=3) is None
     own = AutoTokenizer.from_pretrained(tmp_path / "b" / "tokenizer")
     assert own.get_vocab() == AutoTokenizer.from_pretrained(tmp_path / "a" / "model").get_vocab()
-    for f in text.iterdir():  # copied anew: same bytes, new times, so the cache no longer answers for them
-        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    shutil.rmtree(tmp_path / "cache")  # the vocabulary the run started with is no longer cached
 
     def retrain(*args):
         raise AssertionError("a resumed run must not train a new vocabulary: its ids could differ")
@@ -533,6 +532,60 @@ def test_a_resumed_run_keeps_its_own_vocabulary_after_the_text_is_copied_anew(co
     assert AutoTokenizer.from_pretrained(tmp_path / "b" / "model").get_vocab() == own.get_vocab()
     with pytest.raises(AssertionError, match="new vocabulary"):  # a new run does resolve wordpiece:N again
         pretrain(replace(config, output=str(tmp_path / "c")))
+
+
+def test_a_resumed_run_refuses_text_that_changed_since_it_started(corpus, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    text = tmp_path / "text"
+    shutil.copytree(corpus, text)
+    config = PretrainConfig(config="bert-tiny", tokenizer="wordpiece:200", text=(str(text),), output=str(tmp_path / "run"),
+                            method="full", steps=6, seq_len=(16, 32), batch_size=(8, 4), lr=(1e-3, 1e-3),
+                            warmup_ratio=(0.1, 0.1), held_out=0.1, checkpoint_every=2, cache_dir=str(tmp_path / "cache"))
+    assert pretrain(config, stop_after=2) is None
+    shutil.rmtree(tmp_path / "cache")  # a fresh checkout: the same text tokenizes again to the same stream
+    assert pretrain(config, resume=True, stop_after=2) is None
+    (text / "b.txt").write_text((text / "b.txt").read_text().replace(WORDS[0], WORDS[1]))
+    with pytest.raises(ValueError, match=r"was started on other data: the examples --text .* gives now differ"):
+        pretrain(config, resume=True)
+    assert pretrain(replace(config, output=str(tmp_path / "new")), stop_after=1) is None  # a new run takes it
+
+
+def test_a_fresh_copy_of_the_same_text_reuses_the_cached_vocabulary_and_tokens(corpus, tmp_path, monkeypatch):
+    """The caches are keyed by the text's content: a copy elsewhere, with new modification times (the data a
+    new checkout brings), is the same corpus; a changed byte is not."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    files = mlm_data.text_files([str(corpus)])
+    tokenizer = mlm_data.load_or_train_tokenizer("wordpiece:200", files, cache)
+    tokens = mlm_data.tokenize_to_cache(files, tokenizer, cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    for f in copy.iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    copied = mlm_data.text_files([str(copy)])
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the same text must be served from the cache")
+
+    monkeypatch.setattr(mlm_data, "_train_wordpiece", no_work)
+    assert mlm_data.load_or_train_tokenizer("wordpiece:200", copied, cache).get_vocab() == tokenizer.get_vocab()
+    monkeypatch.setattr(mlm_data, "atomic_writer", no_work)
+    assert mlm_data.tokenize_to_cache(copied, tokenizer, cache) == tokens
+    # one changed word, same size and time: another corpus, so another key
+    changed = copied[0]
+    stat = changed.stat()
+    text = changed.read_text()
+    changed.write_text(text.replace(text.split()[0], text.split()[0][::-1], 1))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert changed.stat().st_size == stat.st_size
+    with pytest.raises(AssertionError, match="from the cache"):
+        mlm_data.tokenize_to_cache(copied, tokenizer, cache)
+    # the order of the files is part of the corpus (the held-out text is the end of the last one)
+    with pytest.raises(AssertionError, match="from the cache"):
+        mlm_data.tokenize_to_cache([copy / "b.txt", copy / "a.txt"], tokenizer, cache)
 
 
 def test_the_context_free_floor_equals_the_best_context_free_predictor_by_enumeration(tmp_path):

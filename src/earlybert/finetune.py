@@ -35,7 +35,7 @@ from .flops import count_flops
 from .gates import GATES_ATTR, GateConfig
 from .layerdrop import add_layerdrop, drop_every_third_layer, remove_layerdrop
 from .prune import check_ticket_fits, prune
-from .runs import RunFolder, WallClock, atomic_write_bytes, remove_checkpoint
+from .runs import RunFolder, WallClock, atomic_write_bytes, fingerprint, remove_checkpoint
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
 from .train import Paused, StepBudget, TrainConfig, step_time_ratio, steps_per_epoch, train_stage
@@ -333,8 +333,21 @@ def _open_run(config: FinetuneConfig, resume: bool, overwrite: bool) -> _Run | d
     task_info = prepare_task(config)  # data, tokenizer, features: bad input fails here, before anything is written
     if config.method in _TICKET_METHODS:
         _check_ticket_can_be_drawn(config, task_info)
+    # the examples as the model sees them (token ids, labels), training and evaluation, whatever they came from
+    data = fingerprint(task_info.train_features, *task_info.eval_features.values())
+    source = _data_source(config)
+    if resume:
+        folder.check_data(data, source)
     clock = _start_run(folder, config, accelerator)
+    folder.keep_data(data, source)
     return _Run(config, task_info, folder, accelerator, new_accelerator, clock)
+
+
+def _data_source(config: FinetuneConfig) -> str:
+    """Where a run's examples come from, in the flags' words (for the message of a changed-data resume)."""
+    if config.train_file:
+        return f"--train-file {config.train_file} / --validation-file {config.validation_file}"
+    return f"--task {config.task}" + (f" --data {config.data}" if config.data else "")
 
 
 @dataclass

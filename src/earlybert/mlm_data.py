@@ -3,7 +3,7 @@
 Tokenizing is streamed (files are read line by line, tokenized in batches with the fast tokenizer, appended to
 disk), so a corpus larger than memory works; the token file is memory-mapped when read. One cache serves
 every sequence length: sequences are cut from the flat stream when read, so phase 1 (128) and phase 2 (512)
-share it. The cache is keyed by the files (path, size, mtime) and the tokenizer's vocabulary, and written
+share it. The cache is keyed by the files' contents (in order) and the tokenizer's vocabulary, and written
 atomically, so interrupted tokenization never leaves a half cache behind.
 """
 
@@ -53,11 +53,27 @@ def _check_text(path: Path) -> None:
             raise ValueError(f"text file {path} is not UTF-8 text (byte {e.start})") from None
 
 
+# (path, size, mtime, ctime) -> the file's content digest, within one process: prepare() runs again at every
+# resume of a sliced run, and a 70 MB corpus need not be read again while its files are untouched (any write, or
+# a reset of the mtime, moves the ctime).
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _content_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _DIGESTS[key]
+
+
 def _files_key(files: list[Path], extra: bytes = b"") -> str:
+    """The files' contents in their order (not their paths or times): a fresh copy of the same text, in another
+    folder or with new modification times, reuses the vocabulary and token file trained on it."""
     h = hashlib.sha256()
     for f in files:
-        stat = f.stat()
-        h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        h.update(f"{_content_digest(f)}\n".encode())
     h.update(extra)
     return h.hexdigest()[:16]
 

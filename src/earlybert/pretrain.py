@@ -31,7 +31,8 @@ from torch import nn
 from .archs import config_layer_shapes, layer_shapes, max_positions, mlm_head
 from .gates import GateConfig
 from .prune import check_ticket_fits, prune
-from .runs import RunFolder, WallClock, atomic_write_bytes, find_checkpoint, remove_checkpoint, write_folder
+from .runs import (RunFolder, WallClock, atomic_write_bytes, find_checkpoint, fingerprint, remove_checkpoint,
+                   write_folder)
 from .search import EARLY_BIRD_WINDOW, SearchConfig, run_search
 from .ticket import Ticket, TicketConfig, draw_ticket, random_scores_ticket, random_ticket
 from .train import Paused, StageResult, StepBudget, TrainConfig, decay_groups, train_stage
@@ -232,9 +233,10 @@ def prepare(config: PretrainConfig, tokenizer_dir: str | Path | None = None):
 
     tokenizer_dir: the tokenizer to use instead of resolving `config.tokenizer`; a resumed run passes its own
     copy (`run_tokenizer`). A vocabulary trained on the corpus is not reproducible (WordPiece training breaks
-    ties differently from one training to the next) and its cache is keyed by the files' modification times,
-    so resolving `wordpiece:N` again after the text was copied anew gave a resumed run different token ids
-    for the same words, and its training silently went on with scrambled embeddings."""
+    ties differently from one training to the next): resolving `wordpiece:N` again where the cache no longer
+    held the run's vocabulary (then keyed by the files' modification times, which a fresh copy of the text
+    changes) gave a resumed run different token ids for the same words, and its training silently went on with
+    scrambled embeddings."""
     from . import mlm_data
 
     files = mlm_data.text_files(list(config.text))
@@ -563,7 +565,14 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     with accelerator.main_process_first():  # rank 0 builds the token cache; the others then read it
         tokenizer, model_config, phases = prepare(config, pinned)
     accelerator.wait_for_everyone()
+    # the token stream (named by the text's content and the vocabulary) and where it is cut into sequences
+    data = fingerprint([Path(phases[0][0].path).name],
+                       [f"{part.seq_len}:{part.start}:{part.stop}" for phase in phases for part in phase])
+    source = "--text " + ",".join(config.text)
+    if resume and not folder.replace:
+        folder.check_data(data, source)
     folder.create()
+    folder.keep_data(data, source)
     if pinned is None and accelerator.is_main_process:
         if resume and folder.read_json("config.json") is not None:  # a resumed run that kept no tokenizer
             logger.warning("%s was started before runs kept their tokenizer: resolving %r again may give other "

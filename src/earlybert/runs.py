@@ -101,6 +101,44 @@ class RunFolder:
         return results
 
 
+    def check_data(self, fingerprint: str, source: str) -> None:
+        """For a resumed run, before anything is written: ValueError when the run started on other data than
+        `source` gives now (the training and evaluation examples as the run sees them, `fingerprint`). Its
+        settings can all be the same while a file behind a path changed, or another tokenizer answers to a name:
+        resumed silently, the rest of the run would train on other examples than its first part. A run started
+        before runs kept a fingerprint has none to compare with and goes on."""
+        saved = self.read_json(DATA_FINGERPRINT)
+        if saved is not None and saved["fingerprint"] != fingerprint:
+            raise ValueError(f"run folder {self.path} was started on other data: the examples {source} gives now "
+                             f"differ from the ones it trained on (a changed file, another tokenizer); resume with "
+                             "the data it started with, or use --overwrite or a new --output")
+
+    def keep_data(self, fingerprint: str, source: str) -> None:
+        """Record the data the run starts on (once; a resumed run keeps its first record), for check_data."""
+        if self.read_json(DATA_FINGERPRINT) is None:
+            self.write_json(DATA_FINGERPRINT, {"fingerprint": fingerprint, "source": source})
+
+
+DATA_FINGERPRINT = "data.json"  # in the run folder: what check_data compares a resumed run's data with
+
+
+def fingerprint(*parts) -> str:
+    """A digest of examples (lists of dicts of token ids, labels, offsets) or of strings, in order: what a run
+    trains and evaluates on, whichever files or datasets it came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        items = [part] if isinstance(part, (str, bytes)) else part
+        for item in items:
+            text = item if isinstance(item, (str, bytes)) else json.dumps(
+                item, sort_keys=True, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+            h.update(text.encode() if isinstance(text, str) else text)
+            h.update(b"\n")
+        h.update(b"\x00")  # parts are separate: moving an example from one to the next changes the digest
+    return h.hexdigest()
+
+
 IDENTITY_IGNORES = ("output",)  # where a run lives is not what it is: a moved or copied run folder resumes
 
 
