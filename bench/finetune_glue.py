@@ -394,8 +394,10 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     lines += [
         "Time saved: 1 - (total per-step time of the method) / (total per-step time of full fine-tuning), forward + "
         "backward + optimizer, data loading excluded, EarlyBERT including its search; the first 3 steps of every "
-        "stage are counted at the stage's mean step (process warm-up). The methods of one task and seed run back "
-        "to back.", "",
+        "stage are counted at the stage's mean step (process warm-up). "
+        + (f"The methods of one task and seed take turns, {args.slice} steps of the longest at a time (the others in "
+           "proportion), so that all run through the same stretch of the machine's time."
+           if args.slice else "The methods of one task and seed run back to back."), "",
     ]
     atomic_write_text(output.with_suffix(".md"), "\n".join(lines))
 
