@@ -126,6 +126,35 @@ def test_a_single_runs_estimate_of_full_time_comes_from_the_paired_ratio(tiny_en
         1 - results["total_step_time_s"] / expected)
 
 
+def test_the_step_time_calibration_times_batches_spread_like_trainings():
+    """The paired ratio depends on the padded length: its batches must stand for the whole spread of training's,
+    not be whichever came first."""
+    import random
+    import statistics
+
+    from earlybert.train import representative_batches
+
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(4, 12)] * 4 + [rng.randint(60, 120)]) for _ in range(203)]  # mostly short
+    dataset = [{"input_ids": list(range(n))} for n in lengths]
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        return {"input_ids": torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])}
+
+    picked = representative_batches(dataset, collate, batch_size=2, count=5, seed=3)
+    widths = [b["input_ids"].shape[1] for b in picked]
+    assert widths == sorted(widths) and all(b["input_ids"].shape[0] == 2 for b in picked)
+    assert widths[0] <= 12 and widths[-1] >= 60  # both ends of the spread: the short batches and the long ones
+    whole = [collate(dataset[i : i + 2])["input_ids"].shape[1] for i in range(0, 202, 2)]
+    assert statistics.fmean(widths) == pytest.approx(statistics.fmean(whole), rel=0.15)
+    again = representative_batches(dataset, collate, batch_size=2, count=5, seed=3)  # the seed fixes them
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(picked, again))
+    # fewer examples than a batch: the one batch there is, every time
+    small = representative_batches(dataset[:3], collate, batch_size=8, count=2, seed=0)
+    assert [b["input_ids"].shape[0] for b in small] == [3, 3]
+
+
 @pytest.mark.parametrize("preset", [None, ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "77"),
                                     ("DNNL_PRIMITIVE_CACHE_CAPACITY", "77")])
 def test_importing_earlybert_widens_the_onednn_kernel_cache_unless_the_user_set_it(preset):
