@@ -126,6 +126,16 @@ def test_a_single_runs_estimate_of_full_time_comes_from_the_paired_ratio(tiny_en
         1 - results["total_step_time_s"] / expected)
 
 
+def test_a_step_slowed_by_something_else_drops_out_of_the_calibration():
+    from earlybert.train import batch_mean_of_medians
+
+    steady = [[1.0, 1.1, 1.0], [2.0, 2.1, 2.0]]
+    assert batch_mean_of_medians(steady) == pytest.approx(1.5)
+    burst = [[1.0, 9.0, 1.0], [2.0, 2.1, 2.0]]  # one step of six five times as long: the same answer
+    assert batch_mean_of_medians(burst) == pytest.approx(batch_mean_of_medians(steady))
+    assert batch_mean_of_medians([[3.0], []]) == 3.0  # a batch no pair reached does not count
+
+
 def test_the_step_time_calibration_times_batches_spread_like_trainings():
     """The paired ratio depends on the padded length: its batches must stand for the whole spread of training's,
     not be whichever came first."""

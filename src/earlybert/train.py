@@ -356,16 +356,18 @@ def train_stage(
 
 
 def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Callable, config: TrainConfig,
-                    accelerator, pairs: int = 10, batches: int = 5) -> dict:
-    """Mean training-step time of `slim` over that of `full` (forward, backward, optimizer), measured on copies
-    of both, on the same real batches, interleaved ABBA so drift in the machine's speed falls on both alike. A
+                    accelerator, pairs: int = 15, batches: int = 5) -> dict:
+    """Training-step time of `slim` over that of `full` (forward, backward, optimizer), measured on copies of
+    both, on the same real batches, interleaved ABBA so drift in the machine's speed falls on both alike. A
     single run's estimate of the full model's time comes from this ratio and its own measured steps: timing plain
     full steps, not the search's gated ones, which also carry the penalty and the ticket bookkeeping.
 
     The pairs cycle over `batches` fixed batches that both arms first run once untimed: a batch shape a model has
     not seen costs extra on its first step (on a GPU, kernel selection for every new matrix shape), and a slim
     model fresh from pruning has seen none, while the full model has seen many in the search: timing a new batch
-    per pair measured that warm-up, 5-6x the slim step, instead of the step."""
+    per pair measured that warm-up, 5-6x the slim step, instead of the step. Each arm's step time is the mean over
+    the batches of each batch's median step (`batch_mean_of_medians`), so every batch needs several pairs: three at
+    the defaults."""
     import copy
 
     arms = []
@@ -391,13 +393,21 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
 
     for batch in fixed:
         step(0, batch), step(1, batch)
-    times: tuple[list[float], list[float]] = ([], [])
+    times = ([[] for _ in fixed], [[] for _ in fixed])  # per arm, per batch
     for i in range(pairs):
         for arm in ((0, 1) if i % 2 == 0 else (1, 0)):
-            times[arm].append(step(arm, fixed[i % len(fixed)]))
-    full_s, slim_s = statistics.fmean(times[0]), statistics.fmean(times[1])
+            times[arm][i % len(fixed)].append(step(arm, fixed[i % len(fixed)]))
+    full_s, slim_s = batch_mean_of_medians(times[0]), batch_mean_of_medians(times[1])
     return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs,
             "batches": len(fixed)}
+
+
+def batch_mean_of_medians(times_by_batch: list[list[float]]) -> float:
+    """The mean over batches of each batch's median step time. A step slowed by something else on the machine
+    (another process's burst, a page fault) is one sample of several and drops out, where a mean over all steps
+    kept it: with means, a single run's estimate of the time saved strayed from the measured saving by 4-5 points
+    on a shared machine. The mean over batches keeps the spread of their sizes (representative_batches)."""
+    return statistics.fmean(statistics.median(t) for t in times_by_batch if t)
 
 
 def representative_batches(dataset, collate_fn: Callable, batch_size: int, count: int, seed: int,
