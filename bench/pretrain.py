@@ -59,9 +59,8 @@ DEFAULTS = dict(
     runs=HERE / "runs" / "pretrain", text=",".join(TEXT), config="bert-l2-h256-a8",
     # Length 32 in phase 1 at 128 sequences a step: BERT-Tiny left the context-free floor after ~3,700 steps so,
     # and at no setting tried at length 128 (bench/README.md, "pre-training regimes"). 4,000 steps: this encoder's
-    # full run is 1.5 nats under the floor by the end of phase 1 (pretrain_regime.py, the table there), and the
-    # three runs and their fine-tuning must fit one sitting (8,000 took two, and a sitting may not find the last
-    # one's runs folder)
+    # full run is 1.5 nats under the floor by the end of phase 1 (pretrain_regime.py, the table there), in half the
+    # time of the former 8,000 (which took more than one sitting, and a sitting may not find the last one's runs)
     tokenizer="wordpiece:8000", steps=4000, slice=100, seq_len="32,512", batch_size="128,8",
     # LAMB's trust ratio sets each weight matrix's step to lr x the matrix's norm: about lr x 0.02 per weight at
     # BERT's init, where small-batch Adam at 1e-3 moves each weight some 1e-4 to 1e-3. At the 2e-3 of the last
