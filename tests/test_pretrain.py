@@ -429,7 +429,12 @@ def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((tmp_path / "pretrain_cpu.json").read_text())
-    assert set(summary["downstream_mean"]) == {"full", "earlybert", "random"} and 0 < summary["time_saved"] < 1
+    assert set(summary["downstream_mean"]) == {"full", "earlybert", "random"}
+    # the saving itself is a benchmark's claim, not a test's (a toy model's slim step need not be faster): here,
+    # that it is the runs' own step times
+    steps = {m: r["total_step_time_s"] for m, r in summary["results"].items()}
+    assert summary["time_saved"] == pytest.approx(1 - steps["earlybert"] / steps["full"])
+    assert summary["time_saved_random"] == pytest.approx(1 - steps["random"] / steps["full"])
     assert summary["majority_class"]["sst2"] == pytest.approx(100 * 444 / 872)  # SST-2 dev: 444 of 872 positive
     for method, result in summary["results"].items():
         assert len(result["downstream_sst2_seeds"]) == 1 and result["downstream_sst2"] > 0
