@@ -139,6 +139,9 @@ def test_resume_refuses_data_that_changed_since_the_run_started(tiny_encoder, tm
                                          r"--data .* gives now differ"):
         finetune(config, resume=True)
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before  # nothing written
+    recorded = json.loads((tmp_path / "run" / "data.json").read_text())["fingerprint"]
+    assert finetune(config, resume=True, overwrite=True, stop_after=2) is None  # replacing it: nothing to compare
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["fingerprint"] != recorded
     (tmp_path / "run" / "data.json").unlink()  # a run from before runs kept their data's fingerprint: goes on
     assert finetune(config, resume=True)["method"] == "full"
 

@@ -569,7 +569,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     data = fingerprint([Path(phases[0][0].path).name],
                        [f"{part.seq_len}:{part.start}:{part.stop}" for phase in phases for part in phase])
     source = "--text " + ",".join(config.text)
-    if resume and not folder.replace:
+    if resume:
         folder.check_data(data, source)
     folder.create()
     folder.keep_data(data, source)

@@ -4,6 +4,7 @@ clock over every attempt), stage checkpoints, and the ticket every process of a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -100,14 +101,14 @@ class RunFolder:
                            self.path)
         return results
 
-
     def check_data(self, fingerprint: str, source: str) -> None:
         """For a resumed run, before anything is written: ValueError when the run started on other data than
         `source` gives now (the training and evaluation examples as the run sees them, `fingerprint`). Its
         settings can all be the same while a file behind a path changed, or another tokenizer answers to a name:
         resumed silently, the rest of the run would train on other examples than its first part. A run started
-        before runs kept a fingerprint has none to compare with and goes on."""
-        saved = self.read_json(DATA_FINGERPRINT)
+        before runs kept a fingerprint has none to compare with and goes on; nor is a folder about to be replaced
+        (--overwrite) checked."""
+        saved = None if self.replace else self.read_json(DATA_FINGERPRINT)
         if saved is not None and saved["fingerprint"] != fingerprint:
             raise ValueError(f"run folder {self.path} was started on other data: the examples {source} gives now "
                              f"differ from the ones it trained on (a changed file, another tokenizer); resume with "
@@ -125,8 +126,6 @@ DATA_FINGERPRINT = "data.json"  # in the run folder: what check_data compares a 
 def fingerprint(*parts) -> str:
     """A digest of examples (lists of dicts of token ids, labels, offsets) or of strings, in order: what a run
     trains and evaluates on, whichever files or datasets it came from."""
-    import hashlib
-
     h = hashlib.sha256()
     for part in parts:
         items = [part] if isinstance(part, (str, bytes)) else part
