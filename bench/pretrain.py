@@ -13,11 +13,21 @@ SST-2 at lr 1e-4, its checkpoint past the context-free floor 76.5%; at 3e-5, 50.
     python bench/pretrain.py                                     # the benchmark (hours: see bench/README.md)
     python bench/pretrain.py --smoke --runs /tmp/pretrain-smoke  # end to end in about a minute on one core
 
-The three runs are interleaved, --slice steps at a time (each pauses at a checkpoint and resumes), so a drift in
-the shared machine's speed falls on all alike. At every pause the held-out MLM loss on a fixed slice of the
-held-out text is recorded against the step time spent so far: the figure shows all three on one time axis,
-EarlyBERT's search included (and its reset to theta_0 after it). Everything resumes: rerunning the command
-continues where it stopped and reuses finished runs.
+On two or more cores (--cores; default: every core this process may use) the runs train side by side, one
+process per core with one thread: full on one core, EarlyBERT and then the random ticket (which copies
+EarlyBERT's shape) on another; then the 36 fine-tuning runs share the cores the same way. That fits the benchmark
+into one sitting (about 1.5 h of pre-training and half an hour of fine-tuning on 2 cores, where one core took
+about 3.5 h in all). Runs on neighbouring cores slow each other unevenly (a slim step more than a full one), so
+the time saved does not come from the runs' own clocks: between pre-training and fine-tuning, with nothing else
+running, `calibrate` times a step of every stage (full, search, EarlyBERT's and the random ticket's slim model, at
+both phases' shapes) side by side on one core, and a run's time is its steps times those step times. On one
+core everything runs in this process instead, the runs taking turns --slice steps at a time, and is calibrated
+the same way. The runs' own clocks are reported beside it (`runs_clock`).
+
+Each run pauses every --slice steps; at every pause the held-out MLM loss on a fixed slice of the held-out text
+is recorded against the steps spent so far: the figure shows all three on one calibrated time axis, EarlyBERT's
+search included (and its reset to theta_0 after it). Everything resumes: rerunning the command continues where it
+stopped and reuses finished runs and the calibration (<runs>/calibration.json).
 
 Held-out text: the last 1% of the token stream. The text files are read in an order that puts
 enwiki_sample/valid.txt last, so it is the end of that file: Wikipedia articles not trained on (the vocabulary was
@@ -34,7 +44,9 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -42,9 +54,15 @@ import torch
 
 from earlybert.data import TASKS, load_glue
 from earlybert.finetune import FinetuneConfig, finetune
-from earlybert.pretrain import (METHODS, PretrainConfig, compare_pretraining, context_free_loss, initial_model,
-                                prepare, run_tokenizer, unigram_entropy)
+from earlybert.gates import add_gates, penalize
+from earlybert.mlm_data import SeededMLMCollator
+from earlybert.pretrain import (METHODS, MaskedLM, PretrainConfig, compare_pretraining, context_free_loss,
+                                initial_model, prepare, run_tokenizer, unigram_entropy)
+from earlybert.prune import prune
 from earlybert.runs import atomic_write_text, write_folder
+from earlybert.search import EarlyBird, SearchConfig
+from earlybert.ticket import Ticket
+from earlybert.train import batch_mean_of_medians
 from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -71,12 +89,12 @@ DEFAULTS = dict(
     # 6.76 / 6.79: no faster, so LAMB, the paper's optimizer, stays.
     lr="1e-2,7e-3", warmup_ratio="0.1,0.1", optimizer="lamb", search_steps=None, curve_sequences=256,
     tasks="sst2,stsb,mrpc", seeds="1,2,3", max_train_samples=10000, max_eval_samples=None,
-    finetune_lr=DEFAULT_FINETUNE_LR, finetune_epochs=3.0,
+    finetune_lr=DEFAULT_FINETUNE_LR, finetune_epochs=3.0, cores=None, calibration_reps=30,
 )
 SMOKE = dict(runs=HERE / "runs" / "pretrain-smoke", text="enwiki_sample/valid.txt", config="tiny",
              tokenizer="wordpiece:1000", steps=30, slice=15, seq_len="32,64", batch_size="8,4", search_steps=4,
              curve_sequences=16,
-             seeds="1", max_train_samples=200, max_eval_samples=100, finetune_epochs=1.0)
+             seeds="1", max_train_samples=200, max_eval_samples=100, finetune_epochs=1.0, calibration_reps=3)
 # --config tiny: a toy encoder for the smoke run (its vocabulary holds wordpiece:1000)
 TINY = dict(model_type="bert", vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=128, max_position_embeddings=128)
@@ -109,6 +127,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, help="downstream fine-tuning learning rate; a value other than "
                    f"{DEFAULT_FINETUNE_LR:g} writes results named after it, beside the default ones")
     p.add_argument("--finetune-epochs", type=float, help="downstream fine-tuning epochs")
+    p.add_argument("--cores", help="comma-separated CPU cores to spread the work over, one thread on each (default: "
+                   "every core this process may use). Two or more: full pre-trains on one while EarlyBERT, then the "
+                   "random ticket, pre-train on another, and the fine-tuning runs share the cores; the time saved "
+                   "then comes from a quiet calibration of every stage's step (module docstring). One: everything "
+                   "interleaved in this process, as many threads as torch takes")
+    p.add_argument("--calibration-reps", type=int, help="interleaved timed steps per stage in the calibration")
+    p.add_argument("--lane", help=argparse.SUPPRESS)  # set by the parent for its child processes: "pretrain:full"
     args = p.parse_args(argv)
     for name, value in {**DEFAULTS, **(SMOKE if args.smoke else {})}.items():
         if getattr(args, name) is None:
@@ -118,11 +143,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [t for t in args.tasks.split(",") if t not in TASKS or t == "squad"]
     if unknown:
         p.error(f"--tasks: unknown GLUE task(s) {', '.join(unknown)}")
-    for name in ("steps", "slice", "curve_sequences", "max_train_samples"):
+    for name in ("steps", "slice", "curve_sequences", "max_train_samples", "calibration_reps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (args.data / "text").is_dir() or not (args.data / "glue").is_dir():
         p.error(f"--data: {args.data} has no text/ and glue/ folders (set EARLYBERT_DATA or pass --data)")
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]  # pinning needs Linux
+    try:
+        args.cores = usable if args.cores is None else [int(c) for c in args.cores.split(",")]
+    except ValueError:
+        p.error(f"--cores: expected comma-separated core numbers, got {args.cores!r}")
+    if not args.cores or set(args.cores) - set(usable):
+        p.error(f"--cores: {args.cores} not among the cores this process may use ({usable})")
     return args
 
 
@@ -146,12 +178,143 @@ def base_config(args) -> PretrainConfig:
         cache_dir=str(args.runs / "cache"))
 
 
-def pretrain_all(args, base: PretrainConfig) -> dict[str, dict]:
-    """The three runs, interleaved slice by slice until all have finished (a rerun resumes them)."""
+def pretrain_all(args, base: PretrainConfig, methods: tuple[str, ...] = METHODS) -> dict[str, dict]:
+    """The runs of `methods`, interleaved slice by slice until all have finished (a rerun resumes them; finished
+    runs are read back). The random ticket waits for EarlyBERT's ticket: it needs EarlyBERT in its lane."""
     while True:
-        results = compare_pretraining(base, resume=True, stop_after=args.slice, curve_sequences=args.curve_sequences)
+        results = compare_pretraining(base, resume=True, stop_after=args.slice, curve_sequences=args.curve_sequences,
+                                      methods=methods)
         if all(r is not None for r in results.values()):
             return results
+
+
+def pretrain_lanes(cores: list[int]) -> list[tuple[str, ...]]:
+    """The pre-training runs of each process: full alone (the longest run), EarlyBERT and then its random ticket,
+    which cannot start before EarlyBERT's search has drawn the shape it copies. One core: all three, interleaved."""
+    return [METHODS] if len(cores) < 2 else [("full",), ("earlybert", "random")]
+
+
+def run_lanes(args, lanes: list[str], argv: list[str]) -> None:
+    """Each lane in a child process of this script, pinned to a core of its own with one thread (two threads on
+    this encoder's narrow matrices gain little, and collide with a busy neighbour); returns when all have ended.
+    Each child's output goes to <runs>/lanes/<lane>.log. A child resumes its runs like any rerun."""
+    logs = args.runs / "lanes"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = []
+    try:
+        for core, lane in zip(args.cores, lanes):
+            log = (logs / f"{lane.replace(':', '-').replace('/', '-of-').replace(',', '-')}.log").open("a")
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--cores", str(core), "--lane", lane]
+            children.append((lane, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                         env={**os.environ, "OMP_NUM_THREADS": "1"})))
+        failed = [lane for lane, _, child in children if child.wait() != 0]
+    finally:  # stopped from outside: the children stop too (their runs resume next time)
+        for _, log, child in children:
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+            log.close()
+    if failed:
+        raise SystemExit(f"bench/pretrain.py: lane {', '.join(failed)} failed; its output is in {logs}")
+
+
+def pin(cores: list[int]) -> None:
+    """This process on `cores` with one thread: a lane, or the calibration beside idle cores."""
+    os.sched_setaffinity(0, set(cores))
+    torch.set_num_threads(1)
+
+
+# The stages of each run, in order, and the calibration arm that times a step of each: <method>@<phase>
+STAGE_ARMS = {"full": (("phase1", "full@1"), ("phase2", "full@2")),
+              "earlybert": (("search", "search@1"), ("phase1", "earlybert@1"), ("phase2", "earlybert@2")),
+              "random": (("phase1", "random@1"), ("phase2", "random@2"))}
+CALIBRATION_BATCHES = 3
+
+
+def calibrate(args, base: PretrainConfig) -> dict:
+    """The step time of every stage of the three runs, measured side by side in one process on one core.
+
+    Runs that train at the same time on neighbouring cores slow each other, and not alike: on an Intel Xeon with
+    another benchmark on the other core, the slim phase-1 step took 0.53 s instead of 0.41 and the full one 0.71 s
+    either way (bench/README.md). So the runs' own clocks measure their neighbours as much as their tickets, and
+    the time saved comes from here instead: the models of every stage (theta_0 full, gated for the search, pruned
+    to EarlyBERT's and to the random ticket) train on the runs' own batches with the runs' own optimizers, the arms
+    taking turns in a rotating order, `--calibration-reps` timed steps each after one untimed step per batch; each
+    arm's step time is the mean over its batches of each batch's median (earlybert.train.batch_mean_of_medians).
+    A run's time is then sum over its stages of steps x that stage's step time: the paper's protocol (time per
+    step, data I/O excluded, the search included). Written once to <runs>/calibration.json and read back after."""
+    path = args.runs / "calibration.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    root = Path(base.output)
+    tokenizer, model_config, phases = prepare(base, run_tokenizer(root / "full"))
+    collator = SeededMLMCollator(tokenizer, base.seed)
+
+    def model_of(method: str):
+        model = initial_model(model_config, root / "full")  # the values do not matter to a step's time
+        if method != "full":
+            prune(model, Ticket.load(root / method / "ticket.json"))
+        return model
+
+    arms, batches = {}, []
+    for phase in (0, 1):
+        train, size = phases[phase][0], base.batch_size[phase]
+        batches.append([collator([train[i] for i in range(b * size, (b + 1) * size)])
+                        for b in range(max(1, min(CALIBRATION_BATCHES, len(train) // size)))])
+        for method in METHODS:
+            wrapper = MaskedLM(model_of(method))
+            arms[f"{method}@{phase + 1}"] = (wrapper, base.optimizer_fn(phase)(wrapper), None, phase)
+    model = model_of("full")
+    gates = add_gates(model)  # the search's step: gates, the L1 penalty in the optimizer step, the early-bird record
+    wrapper = MaskedLM(model)
+    optimizer = penalize(base.optimizer_fn(0, base.gates.learning_rate(base.lr[0]))(wrapper), gates, base.gates)
+    tracker = EarlyBird(base.ticket, SearchConfig(epsilon=base.epsilon, patience=base.patience, window=base.window,
+                                                  max_steps=10**9))
+    arms["search@1"] = (wrapper, optimizer, (tracker, gates), 0)
+    max_norm = base.phase_config(0, 1).max_grad_norm
+    counts = dict.fromkeys(arms, 0)
+
+    def step(arm: str, batch: dict) -> float:
+        wrapper, optimizer, search, _ = arms[arm]
+        begin = time.perf_counter()
+        wrapper(**batch).loss.backward()
+        if max_norm:  # as train_stage does
+            torch.nn.utils.clip_grad_norm_(wrapper.parameters(), max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        counts[arm] += 1
+        if search is not None:
+            search[0].record(counts[arm], search[1])
+        return time.perf_counter() - begin
+
+    for arm, (wrapper, _, _, phase) in arms.items():
+        wrapper.train()
+        for batch in batches[phase]:
+            step(arm, batch)
+    names = list(arms)
+    times = {arm: [[] for _ in batches[arms[arm][3]]] for arm in names}
+    for rep in range(args.calibration_reps):
+        for arm in names[rep % len(names):] + names[:rep % len(names)]:  # each arm at each place in turn
+            phase_batches = batches[arms[arm][3]]
+            times[arm][rep % len(phase_batches)].append(step(arm, phase_batches[rep % len(phase_batches)]))
+    result = {"step_s": {arm: batch_mean_of_medians(t) for arm, t in times.items()},
+              "samples": times, "reps": args.calibration_reps, "batches": [len(b) for b in batches],
+              "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
+                          "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+              "what": "per-step time of each stage (arm <method>@<phase>; search@1: the gated full model with its "
+                      "penalty and early-bird record), measured side by side in one process, nothing else running"}
+    atomic_write_text(path, json.dumps(result, indent=1))
+    return result
+
+
+def calibrated_seconds(result: dict, calibration: dict, steps: float | None = None) -> float:
+    """A run's step time at the calibration's per-step times: its first `steps` steps (all by default), stage by
+    stage in the order it ran them."""
+    total, left = 0.0, float("inf") if steps is None else steps
+    for stage, arm in STAGE_ARMS[result["method"]]:
+        n = min(result["stages"][stage]["steps"], left)
+        total, left = total + n * calibration["step_s"][arm], left - n
+    return total
 
 
 def unigram_plateau(base: PretrainConfig) -> dict:
@@ -184,23 +347,22 @@ def theta0_checkpoint(args, base: PretrainConfig) -> Path:
     return folder
 
 
-def finetune_all(args, pre: dict[str, dict], theta0: Path) -> dict[str, dict[str, list[float]]]:
+def finetune_all(args, theta0: Path, lane: tuple[int, int] = (0, 1)) -> dict[str, dict[str, list[float]]]:
     """Full fine-tuning of each pre-trained checkpoint, and of theta_0, on each task with each seed:
-    scores[method][task] (method NO_PRETRAINING for theta_0)."""
+    scores[method][task] (method NO_PRETRAINING for theta_0). lane (i, n): only every n-th run from the i-th, for
+    one of n processes; the parent's own call then reads every finished run back."""
     suffix = "" if args.finetune_lr == DEFAULT_FINETUNE_LR else f"-lr{args.finetune_lr:g}"
+    runs = [(method, task, seed) for method in (*METHODS, NO_PRETRAINING) for task in args.tasks.split(",")
+            for seed in pair(args.seeds, int)]
     scores = {}
-    for method in [*pre, NO_PRETRAINING]:
+    for method, task, seed in runs[lane[0]::lane[1]]:
         model = theta0 if method == NO_PRETRAINING else args.runs / "pretrain" / method / "model"
-        scores[method] = {}
-        for task in args.tasks.split(","):
-            scores[method][task] = []
-            for seed in pair(args.seeds, int):
-                run = args.runs / "finetune" / f"{method}-{task}-seed{seed}{suffix}"
-                config = FinetuneConfig(model=str(model), task=task, data=str(args.data / "glue"), output=str(run),
-                                        method="full", max_train_samples=args.max_train_samples,
-                                        max_eval_samples=args.max_eval_samples, lr=args.finetune_lr,
-                                        epochs=args.finetune_epochs, seed=seed)
-                scores[method][task].append(finetune(config, resume=run.exists())["score"])
+        run = args.runs / "finetune" / f"{method}-{task}-seed{seed}{suffix}"
+        config = FinetuneConfig(model=str(model), task=task, data=str(args.data / "glue"), output=str(run),
+                                method="full", max_train_samples=args.max_train_samples,
+                                max_eval_samples=args.max_eval_samples, lr=args.finetune_lr,
+                                epochs=args.finetune_epochs, seed=seed)
+        scores.setdefault(method, {}).setdefault(task, []).append(finetune(config, resume=run.exists())["score"])
     return scores
 
 
@@ -213,12 +375,15 @@ def floor(task: str, glue: Path) -> float:
     return 100 * Counter(e.label for e in dev).most_common(1)[0][1] / len(dev)
 
 
-def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict) -> dict:
+def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict, calibration: dict) -> dict:
     """pretrain_cpu.json: time saved, held-out loss against the plateau, the search, downstream scores."""
     tasks = args.tasks.split(",")
     results = {}
     for method, r in pre.items():
         results[method] = {k: v for k, v in r.items() if k != "losses"}  # per-step losses stay in the run folders
+        results[method]["calibrated_step_time_s"] = calibrated_seconds(r, calibration)
+        results[method]["held_out_curve"] = [{**point, "calibrated_step_time_s": calibrated_seconds(
+            r, calibration, point["steps"])} for point in r["held_out_curve"]]
         for task in tasks:
             results[method][f"downstream_{task}"] = statistics.fmean(scores[method][task])
             results[method][f"downstream_{task}_seeds"] = scores[method][task]
@@ -229,15 +394,26 @@ def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict
                       **{f"downstream_{t}_seeds": scores[NO_PRETRAINING][t] for t in tasks},
                       "what": "theta_0, where all three runs start, fine-tuned the same way: the part of a "
                               "checkpoint's score that fine-tuning alone earns"}
-    full_s = pre["full"]["total_step_time_s"]
-    search = pre["earlybert"]["stages"]["search"]
+    calibrated = {m: results[m]["calibrated_step_time_s"] for m in results}
+    own = {m: r["total_step_time_s"] for m, r in pre.items()}
+    step_s, search = calibration["step_s"], pre["earlybert"]["stages"]["search"]
+    lanes = pretrain_lanes(args.cores)
     return {
-        "command": "python " + " ".join(sys.argv), "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
-                                                               "torch": torch.__version__},
-        "time_saved": 1 - pre["earlybert"]["total_step_time_s"] / full_s,
-        "time_saved_random": 1 - pre["random"]["total_step_time_s"] / full_s,
-        "phase1_median_step_ratio_slim_over_full":
-            pre["earlybert"]["stages"]["phase1"]["median_step_s"] / pre["full"]["stages"]["phase1"]["median_step_s"],
+        "command": "python " + " ".join(sys.argv),
+        "machine": {"cpu": cpu_name(), "threads": 1 if len(lanes) > 1 else torch.get_num_threads(),
+                    "torch": torch.__version__, "cores": args.cores},
+        "time_saved": 1 - calibrated["earlybert"] / calibrated["full"],
+        "time_saved_random": 1 - calibrated["random"] / calibrated["full"],
+        "calibration": {k: v for k, v in calibration.items() if k != "samples"},
+        "phase1_median_step_ratio_slim_over_full": step_s["earlybert@1"] / step_s["full@1"],
+        "search_step_ratio_over_full": step_s["search@1"] / step_s["full@1"],
+        "runs_clock": {"lanes": [list(lane) for lane in lanes],
+                       "time_saved": 1 - own["earlybert"] / own["full"],
+                       "time_saved_random": 1 - own["random"] / own["full"],
+                       "phase1_median_step_ratio_slim_over_full": pre["earlybert"]["stages"]["phase1"]["median_step_s"]
+                       / pre["full"]["stages"]["phase1"]["median_step_s"],
+                       "what": "the runs' own step times, as they trained: in one process taking turns (one lane), "
+                               "or in processes side by side on neighbouring cores, which slow each other unevenly"},
         "unigram_plateau": plateau,
         "held_out_mlm_loss": {m: r["held_out"][f"length_{plateau['sequence_length']}"]["mlm_loss"]
                               for m, r in pre.items()},
@@ -267,17 +443,30 @@ def loss_plot(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for method, r in summary["results"].items():
         curve = r["held_out_curve"]
-        ax.plot([p["step_time_s"] / 60 for p in curve], [p["mlm_loss"] for p in curve], marker=".", lw=1, label=method)
+        ax.plot([p["calibrated_step_time_s"] / 60 for p in curve], [p["mlm_loss"] for p in curve], marker=".", lw=1,
+                label=method)
     plateau = summary["unigram_plateau"]["entropy_nats"]
     ax.axhline(plateau, color="gray", ls="--", lw=0.8, label=f"unigram plateau ({plateau:.2f})")
     floor_ = summary["unigram_plateau"]["context_free_nats"]
     ax.axhline(floor_, color="gray", ls=":", lw=0.8, label=f"context-free floor ({floor_:.2f})")
-    ax.set_xlabel("cumulative step time (min), EarlyBERT's search included")
+    ax.set_xlabel("cumulative step time (min, calibrated), EarlyBERT's search included")
     ax.set_ylabel("held-out MLM loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def lanes_sentence(summary: dict, args) -> str:
+    lanes, c = summary["runs_clock"]["lanes"], summary["calibration"]
+    timing = (f"Step times are a calibration ({c['reps']} interleaved steps per stage on one core, "
+              f"{c['machine']['threads']} thread, nothing else running; `calibrate`): a run's time is its steps "
+              "times its stages' step times.")
+    if len(lanes) == 1:
+        return (f"The runs were interleaved in slices of {args.slice} steps in one process. " + timing)
+    return (f"The runs trained side by side, one process per core, one thread each: "
+            + "; ".join(" then ".join(lane) for lane in lanes) + f" (slices of {args.slice} steps, a held-out point "
+            "at each pause), so their own clocks measured their neighbours too. " + timing)
 
 
 def report(summary: dict, args, figure: str) -> str:
@@ -288,14 +477,17 @@ def report(summary: dict, args, figure: str) -> str:
              f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, fp32  ",
              f"Model: {args.config}, tokenizer {args.tokenizer} trained on the text; text: {args.text} under "
              f"{args.data / 'text'} (held-out: the last 1% of tokens); {args.optimizer}, peak lr {args.lr}, warm-up "
-             f"{args.warmup_ratio}, batch {args.batch_size} at length {args.seq_len}. The runs were interleaved in "
-             f"slices of {args.slice} steps, so all saw the same machine.", "",
-             "| method | stage | steps | median step (s) | step time (s) |", "|---|---|---|---|---|"]
+             f"{args.warmup_ratio}, batch {args.batch_size} at length {args.seq_len}. " + lanes_sentence(summary, args),
+             "", "| method | stage | steps | calibrated step (s) | calibrated time (s) | median step in the run (s) "
+             "| step time in the run (s) |", "|---|---|---|---|---|---|---|"]
+    step_s = summary["calibration"]["step_s"]
     for method, r in results.items():
-        for stage, st in r["stages"].items():
-            lines.append(f"| {method} | {stage} | {st['steps']} | {st['median_step_s']:.3f} | {st['step_time_s']:.0f} |")
+        for stage, arm in STAGE_ARMS[method]:
+            st = r["stages"][stage]
+            lines.append(f"| {method} | {stage} | {st['steps']} | {step_s[arm]:.3f} | {st['steps'] * step_s[arm]:.0f} "
+                         f"| {st['median_step_s']:.3f} | {st['step_time_s']:.0f} |")
         lines.append(f"| {method} | **total** | {sum(st['steps'] for st in r['stages'].values())} | | "
-                     f"**{r['total_step_time_s']:.0f}** |")
+                     f"**{r['calibrated_step_time_s']:.0f}** | | {r['total_step_time_s']:.0f} |")
     lines += ["", "| method | " + " | ".join(f"held-out MLM loss @{n}" for n in seq_len) + " | "
               + " | ".join(f"{t} (mean of {len(pair(args.seeds, int))} seeds)" for t in tasks) + " | mean |",
               "|---|" + "---|" * (len(seq_len) + len(tasks) + 1)]
@@ -318,9 +510,13 @@ def report(summary: dict, args, figure: str) -> str:
               f"{ft['batch_size']}, at most {ft['max_train_samples']} training examples per task, seeds {ft['seeds']}; "
               "dev sets" + (f" (first {ft['max_eval_samples']})" if ft["max_eval_samples"] else "") + ". Floors: the "
               "dev set's majority class, 0 for STS-B's correlation.", "",
-              f"Time saved (total step time): EarlyBERT, search included, **{summary['time_saved']:.1%}**; random "
-              f"ticket {summary['time_saved_random']:.1%}. Slim / full phase-1 median step: "
-              f"{summary['phase1_median_step_ratio_slim_over_full']:.3f}. Downstream mean, EarlyBERT minus full: "
+              f"Time saved (calibrated step time): EarlyBERT, search included, **{summary['time_saved']:.1%}**; "
+              f"random ticket {summary['time_saved_random']:.1%}. Slim / full phase-1 step: "
+              f"{summary['phase1_median_step_ratio_slim_over_full']:.3f}; search / full step: "
+              f"{summary['search_step_ratio_over_full']:.3f}. By the runs' own clocks: "
+              f"{summary['runs_clock']['time_saved']:.1%} and {summary['runs_clock']['time_saved_random']:.1%} (slim "
+              f"/ full phase-1 median {summary['runs_clock']['phase1_median_step_ratio_slim_over_full']:.3f}). "
+              "Downstream mean, EarlyBERT minus full: "
               f"{summary['earlybert_minus_full']:+.2f} points; EarlyBERT minus random ticket: "
               f"{summary['earlybert_minus_random']:+.2f}; full minus no pre-training (theta_0 fine-tuned the same "
               f"way): {summary['full_minus_no_pretraining']:+.2f}, what pre-training earned downstream.",
@@ -333,13 +529,37 @@ def report(summary: dict, args, figure: str) -> str:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = base_config(args)
-    pre = pretrain_all(args, base)
+    if args.lane:  # a child process of run_lanes: its share of the runs, then out
+        pin(args.cores)
+        kind, _, what = args.lane.partition(":")
+        if kind == "pretrain":
+            pretrain_all(args, base, tuple(what.split(",")))
+        else:
+            theta0 = args.runs / "pretrain" / NO_PRETRAINING
+            finetune_all(args, theta0, tuple(int(x) for x in what.split("/")))
+        return
+    lanes = pretrain_lanes(args.cores)
+    if len(lanes) > 1:
+        prepare(base)  # the vocabulary and token cache, once, before processes that would each build their own
+        run_lanes(args, [f"pretrain:{','.join(lane)}" for lane in lanes], argv)
+    pre = pretrain_all(args, base)  # with lanes: every run finished, read back
     plateau = unigram_plateau(base)
-    scores = finetune_all(args, pre, theta0_checkpoint(args, base))
-    summary = summarize(args, base, {m: pre[m] for m in METHODS}, scores, plateau)
+    if len(lanes) > 1:  # one core, one thread, as the lanes ran; the other cores are idle now
+        everywhere = sorted(os.sched_getaffinity(0))
+        pin(args.cores[:1])
+        calibration = calibrate(args, base)
+        os.sched_setaffinity(0, everywhere)
+    else:
+        calibration = calibrate(args, base)
+    theta0 = theta0_checkpoint(args, base)
+    if len(args.cores) > 1:
+        run_lanes(args, [f"finetune:{i}/{len(args.cores)}" for i in range(len(args.cores))], argv)
+    scores = finetune_all(args, theta0)
+    summary = summarize(args, base, {m: pre[m] for m in METHODS}, scores, plateau, calibration)
     suffix = "" if args.finetune_lr == DEFAULT_FINETUNE_LR else f"-lr{args.finetune_lr:g}"
     args.results.mkdir(parents=True, exist_ok=True)
     figure = f"pretrain_loss_cpu{suffix}.png"

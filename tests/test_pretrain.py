@@ -431,10 +431,26 @@ def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
     summary = json.loads((tmp_path / "pretrain_cpu.json").read_text())
     assert set(summary["downstream_mean"]) == {"full", "earlybert", "random"}
     # the saving itself is a benchmark's claim, not a test's (a toy model's slim step need not be faster): here,
-    # that it is the runs' own step times
+    # that it is the calibrated step times times each stage's steps, and the runs' own clocks beside it
+    step_s = summary["calibration"]["step_s"]
+    assert set(step_s) == {"full@1", "full@2", "search@1", "earlybert@1", "earlybert@2", "random@1", "random@2"}
+    calibrated = {}
+    for method, r in summary["results"].items():
+        stages = r["stages"]
+        calibrated[method] = sum(stages[f"phase{p}"]["steps"] * step_s[f"{method}@{p}"] for p in (1, 2)) + (
+            stages["search"]["steps"] * step_s["search@1"] if method == "earlybert" else 0)
+        assert r["calibrated_step_time_s"] == pytest.approx(calibrated[method])
+        points = [point["calibrated_step_time_s"] for point in r["held_out_curve"]]
+        assert points[0] == 0 and points == sorted(points) and points[-1] == pytest.approx(calibrated[method])
+    assert summary["time_saved"] == pytest.approx(1 - calibrated["earlybert"] / calibrated["full"])
+    assert summary["time_saved_random"] == pytest.approx(1 - calibrated["random"] / calibrated["full"])
     steps = {m: r["total_step_time_s"] for m, r in summary["results"].items()}
-    assert summary["time_saved"] == pytest.approx(1 - steps["earlybert"] / steps["full"])
-    assert summary["time_saved_random"] == pytest.approx(1 - steps["random"] / steps["full"])
+    assert summary["runs_clock"]["time_saved"] == pytest.approx(1 - steps["earlybert"] / steps["full"])
+    if len(os.sched_getaffinity(0)) > 1:  # the runs trained in processes side by side, one per core
+        assert summary["runs_clock"]["lanes"] == [["full"], ["earlybert", "random"]]
+        assert {p.name for p in (tmp_path / "lanes").iterdir()} == {
+            "pretrain-full.log", "pretrain-earlybert-random.log", *(f"finetune-{i}-of-{len(summary['machine']['cores'])}.log"
+                                                                  for i in range(len(summary["machine"]["cores"])))}
     assert summary["majority_class"]["sst2"] == pytest.approx(100 * 444 / 872)  # SST-2 dev: 444 of 872 positive
     for method, result in summary["results"].items():
         assert len(result["downstream_sst2_seeds"]) == 1 and result["downstream_sst2"] > 0
@@ -591,6 +607,21 @@ def test_a_fresh_copy_of_the_same_text_reuses_the_cached_vocabulary_and_tokens(c
     # the order of the files is part of the corpus (the held-out text is the end of the last one)
     with pytest.raises(AssertionError, match="from the cache"):
         mlm_data.tokenize_to_cache([copy / "b.txt", copy / "a.txt"], tokenizer, cache)
+
+
+def test_a_vocabulary_trained_by_two_processes_at_once_keeps_the_first_one(corpus, tmp_path):
+    """Two processes that find no cached vocabulary both train one; WordPiece training does not reproduce its ids,
+    so the second to finish must keep the first one's folder (and not fail on it): every process that reads the
+    cache then tokenizes alike."""
+    cache = tmp_path / "cache"
+    files = mlm_data.text_files([str(corpus)])
+    first = mlm_data.load_or_train_tokenizer("wordpiece:200", files, cache)
+    target = next(cache.glob("wordpiece200-*"))
+    vocab = (target / "tokenizer.json").read_text()
+    mlm_data._train_wordpiece(files, 200, target)  # the slower process finishing its own training
+    assert (target / "tokenizer.json").read_text() == vocab
+    assert mlm_data.load_or_train_tokenizer("wordpiece:200", files, cache).get_vocab() == first.get_vocab()
+    assert [p.name for p in cache.iterdir() if p.name.startswith("wordpiece200")] == [target.name]  # no staging left
 
 
 def test_the_context_free_floor_equals_the_best_context_free_predictor_by_enumeration(tmp_path):

@@ -128,7 +128,13 @@ def _train_wordpiece(files: list[Path], vocab_size: int, target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:  # written beside the target and renamed into place: an interrupted run leaves no half tokenizer
         BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=True).save_pretrained(staging)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process trained the same vocabulary at the same time and renamed its folder first. Training
+            # does not reproduce its ids, so the first one stays, for every process that reads this cache.
+            if not (target / "tokenizer.json").exists():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

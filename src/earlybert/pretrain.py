@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -611,16 +611,17 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
 
 def compare_pretraining(base: PretrainConfig, resume: bool = False, overwrite: bool = False,
                         stop_after: int | None = None, ticket_like: str | None = None,
-                        curve_sequences: int = 0) -> dict[str, dict | None]:
+                        curve_sequences: int = 0, methods: Sequence[str] = METHODS) -> dict[str, dict | None]:
     """Full, EarlyBERT and a random ticket pre-trained from the same theta_0 on the same batches, each into
     <base.output>/<method>; returns each method's results, None for one that paused (see `pretrain`).
 
     The random ticket copies the per-layer shape of `ticket_like`, by default EarlyBERT's own ticket: until
     EarlyBERT's search has drawn it, the random run waits (None). With stop_after, repeated calls with
-    resume=True interleave the runs slice by slice, so a drift in a shared machine's speed falls on all alike."""
+    resume=True interleave the runs slice by slice, so a drift in a shared machine's speed falls on all alike.
+    `methods`: a subset, for runs spread over processes (each run is a folder of its own)."""
     root = Path(base.output)
     results: dict[str, dict | None] = {}
-    for method in METHODS:
+    for method in methods:
         output = root / method
         like = (ticket_like or str(root / "earlybert" / "ticket.json")) if method == "random" else None
         if resume and (output / "results.json").exists():
