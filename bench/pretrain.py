@@ -269,7 +269,7 @@ def calibrate(args, base: PretrainConfig) -> dict:
     wrapper = MaskedLM(model)
     optimizer = penalize(base.optimizer_fn(0, base.gates.learning_rate(base.lr[0]))(wrapper), gates, base.gates)
     tracker = EarlyBird(base.ticket, SearchConfig(epsilon=base.epsilon, patience=base.patience, window=base.window,
-                                                  max_steps=10**9))
+                                                  max_steps=base.search_budget))  # its window: the search's
     arms["search@1"] = (wrapper, optimizer, (tracker, gates), 0)
     max_norm = base.phase_config(0, 1).max_grad_norm
     counts = dict.fromkeys(arms, 0)
