@@ -434,6 +434,9 @@ def test_the_pretraining_benchmark_smoke_run_ends_to_end_and_resumes(tmp_path):
     # that it is the calibrated step times times each stage's steps, and the runs' own clocks beside it
     step_s = summary["calibration"]["step_s"]
     assert set(step_s) == {"full@1", "full@2", "search@1", "earlybert@1", "earlybert@2", "random@1", "random@2"}
+    for p in (1, 2):  # the two tickets share their shape: the calibration's error is how far apart it times them
+        assert summary["calibration"]["same_shape_ratio"][f"phase{p}"] == pytest.approx(
+            step_s[f"random@{p}"] / step_s[f"earlybert@{p}"])
     calibrated = {}
     for method, r in summary["results"].items():
         stages = r["stages"]
