@@ -196,6 +196,14 @@ def pretrain_lanes(cores: list[int]) -> list[tuple[str, ...]]:
     return [METHODS] if len(cores) < 2 else [("full",), ("earlybert", "random")]
 
 
+def lanes_that_ran(runs: Path) -> list[tuple[str, ...]]:
+    """How the pre-training runs were spread over processes, from the lane logs run_lanes left (none: one
+    process): a later invocation on other cores (e.g. the fine-tuning on one core beside other work) reads the runs
+    back and must not report its own layout as theirs."""
+    logs = sorted((runs / "lanes").glob("pretrain-*.log"))
+    return [tuple(log.stem[len("pretrain-"):].split("-")) for log in logs] or [METHODS]
+
+
 def run_lanes(args, lanes: list[str], argv: list[str]) -> None:
     """Each lane in a child process of this script, pinned to a core of its own with one thread (two threads on
     this encoder's narrow matrices gain little, and collide with a busy neighbour); returns when all have ended.
@@ -418,7 +426,7 @@ def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict
     calibrated = {m: results[m]["calibrated_step_time_s"] for m in results}
     own = {m: r["total_step_time_s"] for m, r in pre.items()}
     step_s, search = calibration["step_s"], pre["earlybert"]["stages"]["search"]
-    lanes = pretrain_lanes(args.cores)
+    lanes = lanes_that_ran(args.runs)
     return {
         "command": "python " + " ".join(sys.argv),
         "machine": {"cpu": cpu_name(), "threads": 1 if len(lanes) > 1 else torch.get_num_threads(),

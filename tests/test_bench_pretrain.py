@@ -55,3 +55,12 @@ def test_fine_tuning_lanes_split_the_runs_without_overlap(bench, tmp_path, monke
     assert {m: {t: len(s) for t, s in tasks.items()} for m, tasks in whole.items()} == {
         m: {"sst2": 3, "mrpc": 3} for m in (*bench.METHODS, bench.NO_PRETRAINING)}
     assert sum(len(s) for lane in lanes for tasks in lane.values() for s in tasks.values()) == 24
+
+
+def test_the_report_names_the_lanes_the_runs_trained_in_not_the_last_invocations(bench, tmp_path):
+    assert bench.lanes_that_ran(tmp_path) == [bench.METHODS]  # no lane logs: one process
+    (tmp_path / "lanes").mkdir()
+    for lane in bench.pretrain_lanes([0, 1]):
+        (tmp_path / "lanes" / f"pretrain-{'-'.join(lane)}.log").write_text("")
+    (tmp_path / "lanes" / "finetune-0-of-2.log").write_text("")
+    assert sorted(bench.lanes_that_ran(tmp_path)) == sorted(bench.pretrain_lanes([0, 1]))
