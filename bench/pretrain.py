@@ -15,9 +15,9 @@ SST-2 at lr 1e-4, its checkpoint past the context-free floor 76.5%; at 3e-5, 50.
 
 On two or more cores (--cores; default: every core this process may use) the runs train side by side, one
 process per core with one thread: full on one core, EarlyBERT and then the random ticket (which copies
-EarlyBERT's shape) on another; then the 36 fine-tuning runs share the cores the same way. That fits the benchmark
-into one sitting (about 1.5 h of pre-training and half an hour of fine-tuning on 2 cores, where one core took
-about 3.5 h in all). Runs on neighbouring cores slow each other unevenly (a slim step more than a full one), so
+EarlyBERT's shape) on another; then the 36 fine-tuning runs share the cores the same way: on an Intel Xeon about
+1 h 25 min of pre-training and 75 min of fine-tuning on 2 cores (an SST-2 run 6.5 min, STS-B 3.5, MRPC 2.5),
+where one core would take about 4.5 h. Runs on neighbouring cores slow each other unevenly (a slim step more than a full one), so
 the time saved does not come from the runs' own clocks: between pre-training and fine-tuning, with nothing else
 running, `calibrate` times a step of every stage (full, search, EarlyBERT's and the random ticket's slim model, at
 both phases' shapes) side by side on one core, and a run's time is its steps times those step times. On one
