@@ -101,6 +101,11 @@ TINY = dict(model_type="bert", vocab_size=1000, hidden_size=64, num_hidden_layer
             intermediate_size=128, max_position_embeddings=128)
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on; [0] where the OS cannot say or pin (pinning needs Linux)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="toy sizes, end to end in about a minute on one core")
@@ -150,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (args.data / "text").is_dir() or not (args.data / "glue").is_dir():
         p.error(f"--data: {args.data} has no text/ and glue/ folders (set EARLYBERT_DATA or pass --data)")
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]  # pinning needs Linux
+    usable = usable_cores()
     try:
         args.cores = usable if args.cores is None else [int(c) for c in args.cores.split(",")]
     except ValueError:
@@ -329,7 +334,7 @@ def calibrate(args, base: PretrainConfig) -> dict:
               "samples": times, "turns": args.calibration_reps, "timed_steps_per_turn": CALIBRATION_TURN,
               "batches": [len(b) for b in batches],
               "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
-                          "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+                          "cores": usable_cores()},
               "what": "per-step time of each stage (arm <method>@<phase>; search@1: the gated full model with its "
                       "penalty and early-bird record), measured side by side in one process, nothing else running"}
     atomic_write_text(path, json.dumps(result, indent=1))
@@ -582,7 +587,7 @@ def main(argv=None) -> None:
     pre = pretrain_all(args, base)  # with lanes: every run finished, read back
     plateau = unigram_plateau(base)
     if len(lanes) > 1:  # one core, one thread, as the lanes ran; the other cores are idle now
-        everywhere = sorted(os.sched_getaffinity(0))
+        everywhere = usable_cores()
         pin(args.cores[:1])
         calibration = calibrate(args, base)
         os.sched_setaffinity(0, everywhere)
