@@ -63,7 +63,7 @@ from earlybert.prune import prune
 from earlybert.runs import atomic_write_text, write_folder
 from earlybert.search import EarlyBird, SearchConfig
 from earlybert.ticket import Ticket
-from earlybert.train import batch_mean_of_medians
+from earlybert.train import batch_mean_of_medians, timed_step
 from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -258,9 +258,9 @@ def calibrate(args, base: PretrainConfig) -> dict:
     either way (bench/README.md). So the runs' own clocks measure their neighbours as much as their tickets, and
     the time saved comes from here instead: the models of every stage (theta_0 full, gated for the search, pruned
     to EarlyBERT's and to the random ticket) train on the runs' own batches with the runs' own optimizers, the arms
-    taking turns in a rotating order, `--calibration-reps` turns each of CALIBRATION_TURN timed steps in a row
-    after one untimed one, after one untimed step per batch; each arm's step time is the mean over its batches of
-    each batch's median (earlybert.train.batch_mean_of_medians).
+    taking turns in a new seeded random order every turn, `--calibration-reps` turns each of CALIBRATION_TURN
+    timed steps in a row after one untimed one, after one untimed step per batch; each arm's step time is the mean
+    over its batches of each batch's median (earlybert.train.batch_mean_of_medians).
     A run's time is then sum over its stages of steps x that stage's step time: the paper's protocol (time per
     step, data I/O excluded, the search included). Written once to <runs>/calibration.json and read back after."""
     path = args.runs / "calibration.json"
@@ -296,16 +296,13 @@ def calibrate(args, base: PretrainConfig) -> dict:
 
     def step(arm: str, batch: dict) -> float:
         wrapper, optimizer, search, _ = arms[arm]
-        begin = time.perf_counter()
-        wrapper(**batch).loss.backward()
-        if max_norm:  # as train_stage does
-            torch.nn.utils.clip_grad_norm_(wrapper.parameters(), max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        seconds = timed_step(wrapper, optimizer, batch, max_norm)  # as train_stage steps
         counts[arm] += 1
-        if search is not None:
+        if search is not None:  # the search's bookkeeping is part of its step
+            begin = time.perf_counter()
             search[0].record(counts[arm], search[1])
-        return time.perf_counter() - begin
+            seconds += time.perf_counter() - begin
+        return seconds
 
     for arm, (wrapper, _, _, phase) in arms.items():
         wrapper.train()

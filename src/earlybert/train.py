@@ -10,6 +10,7 @@ same result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -379,17 +380,7 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
 
     def step(arm: int, batch: dict) -> float:
         model, optimizer = arms[arm]
-        _synchronize(accelerator.device)
-        begin = time.perf_counter()
-        with accelerator.autocast():
-            loss = model(**batch).loss
-        loss.backward()
-        if config.max_grad_norm:  # as the training step does: a norm over every parameter, the same in both arms
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _synchronize(accelerator.device)
-        return time.perf_counter() - begin
+        return timed_step(model, optimizer, batch, config.max_grad_norm, accelerator.device, accelerator.autocast)
 
     for batch in fixed:
         step(0, batch), step(1, batch)
@@ -400,6 +391,24 @@ def step_time_ratio(slim: nn.Module, full: nn.Module, dataset, collate_fn: Calla
     full_s, slim_s = batch_mean_of_medians(times[0]), batch_mean_of_medians(times[1])
     return {"full_mean_step_s": full_s, "slim_mean_step_s": slim_s, "ratio": slim_s / full_s, "pairs": pairs,
             "batches": len(fixed)}
+
+
+def timed_step(model: nn.Module, optimizer, batch: dict, max_grad_norm: float | None = None,
+               device: torch.device | None = None, autocast: Callable | None = None) -> float:
+    """Seconds of one training step (forward, backward, clipping, optimizer step), the device synchronized on both
+    ends: what step-time measurements time, here and in the benchmarks, so that their arms match a training step."""
+    device = device or torch.device("cpu")
+    _synchronize(device)
+    begin = time.perf_counter()
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        loss = model(**batch).loss
+    loss.backward()
+    if max_grad_norm:  # as the training step does: a norm over every parameter, the same in every arm
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _synchronize(device)
+    return time.perf_counter() - begin
 
 
 def batch_mean_of_medians(times_by_batch: list[list[float]]) -> float:
