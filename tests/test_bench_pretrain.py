@@ -64,3 +64,21 @@ def test_the_report_names_the_lanes_the_runs_trained_in_not_the_last_invocations
         (tmp_path / "lanes" / f"pretrain-{'-'.join(lane)}.log").write_text("")
     (tmp_path / "lanes" / "finetune-0-of-2.log").write_text("")
     assert sorted(bench.lanes_that_ran(tmp_path)) == sorted(bench.pretrain_lanes([0, 1]))
+
+
+def test_qnli_trains_on_a_fixed_split_of_its_dev_set_and_is_scored_on_the_rest(bench, tmp_path):
+    """../shared/data has no QNLI training file: the downstream runs read the split finetune_glue.py uses, and the
+    majority-class floor comes from its held-out part, not from the whole dev set."""
+    source = tmp_path / "data" / "glue" / "QNLI"
+    source.mkdir(parents=True)
+    rows = [f"{i}\tquestion {i}?\tsentence {i}.\t{'entailment' if i % 3 else 'not_entailment'}" for i in range(2011)]
+    (source / "dev.tsv").write_text("\n".join(["index\tquestion\tsentence\tlabel", *rows]) + "\n")
+    args = SimpleNamespace(runs=tmp_path / "runs", data=tmp_path / "data")
+    assert bench.glue_root(args, "sst2") == tmp_path / "data" / "glue"
+    root = bench.glue_root(args, "qnli")
+    train = (root / "QNLI" / "train.tsv").read_text().splitlines()[1:]
+    held_out = (root / "QNLI" / "dev.tsv").read_text().splitlines()[1:]
+    assert (len(train), len(held_out)) == (2000, 11) and sorted(train + held_out) == sorted(rows)
+    assert bench.glue_root(args, "qnli") == root and (root / "QNLI" / "train.tsv").read_text().splitlines()[1:] == train
+    labels = [r.rsplit("\t", 1)[1] for r in held_out]
+    assert bench.floor("qnli", root) == pytest.approx(100 * max(map(labels.count, set(labels))) / 11)
