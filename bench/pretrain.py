@@ -65,7 +65,7 @@ from earlybert.runs import atomic_write_text, write_folder
 from earlybert.search import EarlyBird, SearchConfig
 from earlybert.ticket import Ticket
 from earlybert.train import batch_mean_of_medians, timed_step
-from finetune_glue import qnli_split
+from finetune_glue import interval, qnli_split
 from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -435,6 +435,10 @@ def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict
                       **{f"downstream_{t}_seeds": scores[NO_PRETRAINING][t] for t in tasks},
                       "what": "theta_0, where all three runs start, fine-tuned the same way: the part of a "
                               "checkpoint's score that fine-tuning alone earns"}
+    # Per (task, seed), the two checkpoints fine-tuned with the same seed: the differences the means above average
+    def paired(a: dict, b: dict) -> dict:
+        return interval([x - y for t in tasks for x, y in zip(a[t], b[t], strict=True)])
+
     calibrated = {m: results[m]["calibrated_step_time_s"] for m in results}
     own = {m: r["total_step_time_s"] for m, r in pre.items()}
     step_s, search = calibration["step_s"], pre["earlybert"]["stages"]["search"]
@@ -466,6 +470,10 @@ def summarize(args, base: PretrainConfig, pre: dict, scores: dict, plateau: dict
         "earlybert_minus_random": mean["earlybert"] - mean["random"],
         "no_pretraining": no_pretraining,
         "full_minus_no_pretraining": mean["full"] - no_pretraining["downstream_mean"],
+        "paired": {"earlybert_minus_full": paired(scores["earlybert"], scores["full"]),
+                   "earlybert_minus_random": paired(scores["earlybert"], scores["random"]),
+                   "full_minus_no_pretraining": paired(scores["full"], scores[NO_PRETRAINING]),
+                   "what": "over every (task, seed): the mean of the paired differences and its 95% t-interval"},
         "majority_class": {t: floor(t, glue_root(args, t)) for t in tasks},
         "finetune": {"lr": args.finetune_lr, "epochs": args.finetune_epochs, "seeds": list(pair(args.seeds, int)),
                      "max_train_samples": args.max_train_samples, "max_eval_samples": args.max_eval_samples,
@@ -514,6 +522,11 @@ def lanes_sentence(summary: dict, args) -> str:
 def report(summary: dict, args, figure: str) -> str:
     tasks, seq_len = args.tasks.split(","), pair(args.seq_len, int)
     results, m, plateau = summary["results"], summary["machine"], summary["unigram_plateau"]
+
+    def ci(figure: str) -> str:
+        bounds = summary["paired"][figure]["ci95"]
+        return f" [{bounds[0]:+.2f}, {bounds[1]:+.2f}]" if bounds else ""
+
     lines = ["# Pre-training: full vs EarlyBERT vs a random ticket of EarlyBERT's shape (CPU)", "",
              f"Command: `{summary['command']}`  ",
              f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, fp32  ",
@@ -550,7 +563,9 @@ def report(summary: dict, args, figure: str) -> str:
               "input token (BERT's masking leaves 10% of targets unchanged): a loss below it needs the context.",
               f"Downstream: full fine-tuning of each checkpoint, lr {ft['lr']:g}, {ft['epochs']:g} epochs, batch "
               f"{ft['batch_size']}, at most {ft['max_train_samples']} training examples per task, seeds {ft['seeds']}; "
-              "dev sets" + (f" (first {ft['max_eval_samples']})" if ft["max_eval_samples"] else "") + ". Floors: the "
+              "dev sets" + (f" (first {ft['max_eval_samples']})" if ft["max_eval_samples"] else "")
+              + (" (QNLI: the pairs of its dev set outside its training split)" if "qnli" in tasks else "")
+              + ". Floors: the "
               "dev set's majority class, 0 for STS-B's correlation.", "",
               f"Time saved (calibrated step time): EarlyBERT, search included, **{summary['time_saved']:.1%}**; "
               f"random ticket {summary['time_saved_random']:.1%}. Slim / full phase-1 step: "
@@ -562,9 +577,11 @@ def report(summary: dict, args, figure: str) -> str:
               f"{summary['runs_clock']['time_saved']:.1%} and {summary['runs_clock']['time_saved_random']:.1%} (slim "
               f"/ full phase-1 median {summary['runs_clock']['phase1_median_step_ratio_slim_over_full']:.3f}). "
               "Downstream mean, EarlyBERT minus full: "
-              f"{summary['earlybert_minus_full']:+.2f} points; EarlyBERT minus random ticket: "
-              f"{summary['earlybert_minus_random']:+.2f}; full minus no pre-training (theta_0 fine-tuned the same "
-              f"way): {summary['full_minus_no_pretraining']:+.2f}, what pre-training earned downstream.",
+              f"{summary['earlybert_minus_full']:+.2f} points{ci('earlybert_minus_full')}; EarlyBERT minus random "
+              f"ticket: {summary['earlybert_minus_random']:+.2f}{ci('earlybert_minus_random')}; full minus no "
+              f"pre-training (theta_0 fine-tuned the same way): {summary['full_minus_no_pretraining']:+.2f}"
+              f"{ci('full_minus_no_pretraining')}, what pre-training earned downstream (95% intervals over the "
+              f"{summary['paired']['earlybert_minus_full']['n']} (task, seed) pairs).",
               f"Search: {search['steps']} of at most {search['budget']} steps ({search['stop_reason']}), "
               f"{'inside' if search['steps'] <= search['phase1_warmup_steps'] else 'past'} phase 1's "
               f"{search['phase1_warmup_steps']}-step warm-up; the ticket (EarlyBERT's, and by construction the random "
