@@ -17,13 +17,13 @@ floor 76.5%; at 3e-5, 50.9% (the majority class) and 67.3%.
 On two or more cores (--cores; default: every core this process may use) the runs train side by side, one
 process per core with one thread: full on one core, EarlyBERT and then the random ticket (which copies
 EarlyBERT's shape) on another; then the 36 fine-tuning runs share the cores the same way: on an Intel Xeon about
-1 h 25 min of pre-training and 75 min of fine-tuning on 2 cores (an SST-2 run 6.5 min, QNLI 4, STS-B 3.5),
-where one core would take about 4.5 h. Runs on neighbouring cores slow each other unevenly (a slim step more than
-a full one), so the time saved does not come from the runs' own clocks: between pre-training and fine-tuning, with nothing else
-running, `calibrate` times a step of every stage (full, search, EarlyBERT's and the random ticket's slim model, at
-both phases' shapes) side by side on one core, and a run's time is its steps times those step times. On one
-core everything runs in this process instead, the runs taking turns --slice steps at a time, and is calibrated
-the same way. The runs' own clocks are reported beside it (`runs_clock`).
+1 h 25 min of pre-training and about an hour of fine-tuning on 2 cores (a run takes 2-6.5 min, the full
+checkpoint's on SST-2 the longest), where one core would take about 4.5 h. Runs on neighbouring cores slow each other unevenly (a slim step more than
+a full one), so the time saved does not come from the runs' own clocks: between pre-training and fine-tuning,
+with nothing else running, `calibrate` times a step of every stage (full, search, EarlyBERT's and the random
+ticket's slim model, at both phases' shapes) side by side on one core, and a run's time is its steps times those
+step times. On one core everything runs in this process instead, the runs taking turns --slice steps at a time,
+and is calibrated the same way. The runs' own clocks are reported beside it (`runs_clock`).
 
 Each run pauses every --slice steps; at every pause the held-out MLM loss on a fixed slice of the held-out text
 is recorded against the steps spent so far: the figure shows all three on one calibrated time axis, EarlyBERT's
