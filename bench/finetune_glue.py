@@ -307,6 +307,47 @@ def group_key(task: str, seed: int) -> str:
     return f"{task}/seed{seed}"
 
 
+def redo(args) -> list[dict]:
+    """Take (task, seed) groups out of the table so that the next run measures them again: `--redo rte:2,...`.
+
+    For a group whose clock is known to be spoilt, e.g. one that trained while other work loaded the machine: a
+    time saving is a ratio within one group, and a loaded stretch that falls on one method more than another
+    moves it by many points. The group's core runs (full, EarlyBERT, random) leave the ledger's `runs` for its
+    `discarded` list, with `--redo-reason` and the time, so the table shows what was dropped and why; their
+    folders move to <runs>/discarded/<time>/ (nothing is deleted). The command then stops: rerun it without
+    --redo to train the groups again (with --redo still given, a resumed table would discard them again)."""
+    ledger = Path(args.output).with_suffix(".json")
+    if not ledger.exists():
+        raise SystemExit(f"finetune_glue.py: error: --redo: no table at {ledger}")
+    if not args.redo_reason:
+        raise SystemExit("finetune_glue.py: error: --redo needs --redo-reason (why the groups are measured again)")
+    wanted = []
+    for item in args.redo.split(","):
+        task, _, seed = item.partition(":")
+        if task not in TASKS or not seed.isdigit():
+            raise SystemExit(f"finetune_glue.py: error: --redo takes TASK:SEED[,TASK:SEED], TASK one of "
+                             f"{', '.join(TASKS)}; got {item!r}")
+        wanted.append((task, int(seed)))
+    saved = json.loads(ledger.read_text())
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    runs_dir, discarded = Path(args.runs), []
+    for task, seed in wanted:
+        runs = [r for r in saved.get("runs", []) if (r["task"], r["seed"]) == (task, seed) and r["method"] in CORE]
+        if not runs:
+            raise SystemExit(f"finetune_glue.py: error: --redo: {ledger} has no runs of {task} seed {seed}")
+        saved["runs"] = [r for r in saved["runs"] if not any(r is x for x in runs)]
+        saved.get("groups", {}).pop(group_key(task, seed), None)
+        discarded.append({"task": task, "seed": seed, "reason": args.redo_reason, "when": when, "runs": runs})
+        for method in CORE:
+            folder = runs_dir / task / f"{method}-seed{seed}"
+            if folder.exists():  # three levels down, where collect() does not look
+                (runs_dir / "discarded" / when / task).mkdir(parents=True, exist_ok=True)
+                folder.rename(runs_dir / "discarded" / when / task / folder.name)
+    saved["discarded"] = saved.get("discarded", []) + discarded
+    atomic_write_text(ledger, json.dumps(saved, indent=1))
+    return discarded
+
+
 def write_results(args, runs: list[dict], started: float, mixed: str, notes: list[str] = (),
                   groups: dict[str, dict] | None = None) -> None:
     rows, table = comparison_table(runs)
@@ -316,12 +357,14 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     variants = variant_summary(runs, variant_runs)
     pairs = [p for p in (variant_pairs(variants, name) for name in VARIANTS if name.startswith("earlybert-")) if p]
     groups = groups or {}
+    output = Path(args.output)
+    ledger = output.with_suffix(".json")
+    discarded = json.loads(ledger.read_text()).get("discarded", []) if ledger.exists() else []  # see redo()
     result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
               "groups": groups, "summary": summ, "variants": variants, "variant_pairs": pairs, "notes": list(notes), "rows": rows,
               "runs": runs,
-              "variant_runs": variant_runs, "elapsed_s": time.time() - started}
-    output = Path(args.output)
-    atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=1))
+              "variant_runs": variant_runs, "discarded": discarded, "elapsed_s": time.time() - started}
+    atomic_write_text(ledger, json.dumps(result, indent=1))
     caps = parse_samples(args.train_samples)
     sets = "; ".join([*(f"{FOLDERS[t]} a fixed {n:,}-example subset" for t, n in caps.items() if t != "qnli"),
                       f"{', '.join(FOLDERS[t] for t in TASKS if t not in caps and t != 'qnli')} whole"])
@@ -337,6 +380,8 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
         "",
         *(f"- {note}" for note in notes), *([""] if notes else []),
         table, "",
+        *(f"Measured again: {d['task']} seed {d['seed']} (its runs of {d['when']} are in the JSON's `discarded`): "
+          f"{d['reason']}" for d in discarded), *([""] if discarded else []),
     ]
     if summ:
         lines += [
@@ -435,6 +480,10 @@ def main() -> None:
                              "paper's 2e-5 by default; MiniLM learns more at 4e-5 (see the full-lr2x variant)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    parser.add_argument("--redo", default=None, help="TASK:SEED[,...]: take these groups out of the table, so that "
+                        "the next run measures them again, and stop (see redo())")
+    parser.add_argument("--redo-reason", default=None,
+                        help="why --redo's groups are measured again (kept in the table)")
     parser.add_argument("--runs", default=str(HERE / "runs" / "finetune_glue"))
     parser.add_argument("--output", default=str(HERE / "results" / "finetune_glue_cpu"))
     args = parser.parse_args()
@@ -446,6 +495,11 @@ def main() -> None:
     model = args.model or minilm_path()
     started = time.time()
     groups = restore(args)
+    if args.redo:
+        for d in redo(args):
+            print(f"{d['task']} seed {d['seed']}: {len(d['runs'])} runs taken out of the table; rerun without "
+                  "--redo to measure them again", flush=True)
+        return
     runs_dir = Path(args.runs)
     data_root = unpacked(Path(args.data), runs_dir / "data")
     qnli_root = qnli_split(runs_dir / "data", data_root)

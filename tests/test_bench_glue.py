@@ -157,3 +157,48 @@ def test_the_report_names_each_groups_machine_only_when_they_differ(glue):
     assert glue._machines_line({"rte/seed1": one, "cola/seed1": one}) == []
     line, = glue._machines_line({"rte/seed1": one, "cola/seed1": {**one, "cpu": "Intel Xeon"}})
     assert "AMD EPYC, 1 threads, bf16: rte/seed1" in line and "Intel Xeon, 1 threads, bf16: cola/seed1" in line
+
+
+def test_redo_takes_a_spoilt_group_out_of_the_table_and_keeps_it_on_record(glue, tmp_path):
+    import json
+
+    args = _args(tmp_path, redo="rte:2", redo_reason="trained beside other work")
+    def run(method, seed, score, time):  # what a run's results.json holds, as far as the table reads it
+        stages = {"train": {"steps": 10}, **({"search": {"steps": 5, "budget": 5, "stop_reason": "budget"}}
+                                             if method == "earlybert" else {})}
+        return {"task": "rte", "method": method, "seed": seed, "score": score, "total_step_time_s": time,
+                "headline_metric": "accuracy", "stages": stages, "fraction_saved_vs_estimated_full": None,
+                "theoretical_fraction_saved_flops": None if method == "full" else 0.5}
+
+    runs = [run(m, seed, 60.0 + seed, 10.0 - i) for seed in (1, 2)
+            for i, m in enumerate(("full", "earlybert", "random"))]
+    layerdrop = run("layerdrop", 2, 50.0, 8.0)
+    (tmp_path / "results").mkdir()
+    ledger = tmp_path / "results" / "table.json"
+    ledger.write_text(json.dumps({"settings": {}, "groups": {"rte/seed1": {}, "rte/seed2": {}},
+                                  "runs": [*runs, layerdrop], "variant_runs": []}))
+    glue.restore(args)  # the runs folder as a fresh checkout has it
+    assert len(glue.collect(tmp_path / "runs")) == 7
+
+    with pytest.raises(SystemExit, match="--redo needs --redo-reason"):
+        glue.redo(_args(tmp_path, redo="rte:2", redo_reason=None))
+    with pytest.raises(SystemExit, match=r"--redo takes TASK:SEED.*got 'rte2'"):
+        glue.redo(_args(tmp_path, redo="rte2", redo_reason="x"))
+    with pytest.raises(SystemExit, match="has no runs of cola seed 2"):
+        glue.redo(_args(tmp_path, redo="cola:2", redo_reason="x"))
+    assert json.loads(ledger.read_text())["runs"] == [*runs, layerdrop]  # a refused --redo changes nothing
+
+    discarded, = glue.redo(args)
+    assert discarded["runs"] == runs[3:] and discarded["reason"] == "trained beside other work"
+    saved = json.loads(ledger.read_text())
+    assert saved["runs"] == [*runs[:3], layerdrop] and saved["groups"] == {"rte/seed1": {}}
+    assert saved["discarded"] == [discarded]
+    left = glue.collect(tmp_path / "runs")  # the group's folders moved aside, where the table does not read
+    assert [(r["method"], r["seed"]) for r in left] == [("full", 1), ("earlybert", 1), ("random", 1), ("layerdrop", 2)]
+    moved = tmp_path / "runs" / "discarded" / discarded["when"] / "rte"
+    assert sorted(p.name for p in moved.iterdir()) == ["earlybert-seed2", "full-seed2", "random-seed2"]
+
+    # the next table keeps the record, in the JSON and in the report
+    glue.write_results(_args(tmp_path, redo=None, redo_reason=None), left, 0.0, "no", groups={"rte/seed1": {}})
+    assert json.loads(ledger.read_text())["discarded"] == [discarded]
+    assert "Measured again: rte seed 2" in ledger.with_suffix(".md").read_text()
