@@ -348,8 +348,21 @@ def redo(args) -> list[dict]:
     return discarded
 
 
+def without_redo(argv: list[str]) -> list[str]:
+    """The command line without --redo and --redo-reason: the command that continues the table."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--redo", "--redo-reason"):
+            skip = True
+        elif not arg.startswith(("--redo=", "--redo-reason=")):
+            kept.append(arg)
+    return kept
+
+
 def write_results(args, runs: list[dict], started: float, mixed: str, notes: list[str] = (),
-                  groups: dict[str, dict] | None = None) -> None:
+                  groups: dict[str, dict] | None = None, command: str | None = None) -> None:
     rows, table = comparison_table(runs)
     summ = summary(runs)
     machine = machine_info(mixed)
@@ -360,7 +373,7 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     output = Path(args.output)
     ledger = output.with_suffix(".json")
     discarded = json.loads(ledger.read_text()).get("discarded", []) if ledger.exists() else []  # see redo()
-    result = {"command": "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
+    result = {"command": command or "python " + " ".join(sys.argv), "machine": machine, "settings": vars(args),
               "groups": groups, "summary": summ, "variants": variants, "variant_pairs": pairs, "notes": list(notes), "rows": rows,
               "runs": runs,
               "variant_runs": variant_runs, "discarded": discarded, "elapsed_s": time.time() - started}
@@ -380,8 +393,8 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
         "",
         *(f"- {note}" for note in notes), *([""] if notes else []),
         table, "",
-        *(f"Measured again: {d['task']} seed {d['seed']} (its runs of {d['when']} are in the JSON's `discarded`): "
-          f"{d['reason']}" for d in discarded), *([""] if discarded else []),
+        *(f"Discarded for a new measurement: {d['task']} seed {d['seed']} (its runs of {d['when']} are in the "
+          f"JSON's `discarded`): {d['reason']}" for d in discarded), *([""] if discarded else []),
     ]
     if summ:
         lines += [
@@ -495,12 +508,16 @@ def main() -> None:
     model = args.model or minilm_path()
     started = time.time()
     groups = restore(args)
+    runs_dir = Path(args.runs)
     if args.redo:
         for d in redo(args):
+            groups.pop(group_key(d["task"], d["seed"]), None)
             print(f"{d['task']} seed {d['seed']}: {len(d['runs'])} runs taken out of the table; rerun without "
                   "--redo to measure them again", flush=True)
+        # the report as the table now stands, under the command that continues it
+        write_results(args, collect(runs_dir), started, mixed, [], groups, command="python " + " ".join(
+            without_redo(sys.argv)))
         return
-    runs_dir = Path(args.runs)
     data_root = unpacked(Path(args.data), runs_dir / "data")
     qnli_root = qnli_split(runs_dir / "data", data_root)
     variants = [v for v in args.variants.split(",") if v]

@@ -201,4 +201,10 @@ def test_redo_takes_a_spoilt_group_out_of_the_table_and_keeps_it_on_record(glue,
     # the next table keeps the record, in the JSON and in the report
     glue.write_results(_args(tmp_path, redo=None, redo_reason=None), left, 0.0, "no", groups={"rte/seed1": {}})
     assert json.loads(ledger.read_text())["discarded"] == [discarded]
-    assert "Measured again: rte seed 2" in ledger.with_suffix(".md").read_text()
+    assert "Discarded for a new measurement: rte seed 2" in ledger.with_suffix(".md").read_text()
+
+
+def test_the_table_written_after_redo_names_the_command_that_continues_it(glue):
+    argv = ["bench/finetune_glue.py", "--lr", "4e-5", "--redo", "rte:2", "--redo-reason", "a --redo b",
+            "--redo=cola:1", "--output", "x"]
+    assert glue.without_redo(argv) == ["bench/finetune_glue.py", "--lr", "4e-5", "--output", "x"]
