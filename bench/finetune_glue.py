@@ -259,7 +259,7 @@ def machine_info(mixed: str) -> dict:
 
 
 # The settings that make two sittings' runs one table: a ledger made with other values is refused, not extended.
-TABLE_SETTINGS = ("lr", "max_length", "train_samples", "slice", "model")
+TABLE_SETTINGS = ("lr", "max_length", "train_samples", "slice", "model", "pad_to_multiple_of")
 
 
 def restore(args) -> dict[str, dict]:
@@ -389,7 +389,9 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
         *_machines_line(groups),
         f"Training sets: {sets}; QNLI trains on 2,000 "
         "pairs of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
-        f"{args.max_length}, batch 32. Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
+        f"{args.max_length}, batch 32"
+        + (f", batches padded to a multiple of {args.pad_to_multiple_of} tokens" if getattr(args, "pad_to_multiple_of", None)
+           else "") + ". Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
         "",
         *(f"- {note}" for note in notes), *([""] if notes else []),
         table, "",
@@ -492,6 +494,8 @@ def main() -> None:
                         help="full fine-tuning's learning rate (EarlyBERT and the random ticket train at 2x): the "
                              "paper's 2e-5 by default; MiniLM learns more at 4e-5 (see the full-lr2x variant)")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--pad-to-multiple-of", type=int, default=None,
+                        help="pad batches to a multiple of N tokens instead of their longest (earlybert's option)")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
     parser.add_argument("--redo", default=None, help="TASK:SEED[,...]: take these groups out of the table, so that "
                         "the next run measures them again, and stop (see redo())")
@@ -541,7 +545,8 @@ def main() -> None:
                     continue
             base = FinetuneConfig(model=model, task=task, data=str(data), output=str(runs_dir / task),
                                   max_train_samples=caps.get(task), max_length=args.max_length, lr=args.lr,
-                                  checkpoint_every=args.checkpoint_every, mixed_precision=mixed)
+                                  checkpoint_every=args.checkpoint_every, mixed_precision=mixed,
+                                  pad_to_multiple_of=args.pad_to_multiple_of)
             print(f"== {task} seed {seed}: {', '.join(methods)}", flush=True)
             t0 = time.time()
             ran_before = all((runs_dir / task / f"{m}-seed{seed}" / "results.json").exists() for m in methods) and all(

@@ -175,6 +175,10 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default=d["label_column"], help="label column of your files (%(default)s)")
     p.add_argument("--regression", action="store_true", help="your labels are real numbers")
     p.add_argument("--max-length", type=int, help="tokens per sequence (128; SQuAD 384)")
+    p.add_argument("--pad-to-multiple-of", type=int, default=d["pad_to_multiple_of"],
+                   help="pad classification batches to the next multiple of N tokens instead of their longest: "
+                        "fewer batch shapes, faster steps (8 on CPUs with AMX and on GPUs); not bit-identical to "
+                        "the default (%(default)s: their longest)")
     p.add_argument("--doc-stride", type=int, default=d["doc_stride"], help="SQuAD window overlap (%(default)s)")
     p.add_argument("--max-train-samples", type=int, help="fixed random subset of the training set")
     p.add_argument("--max-eval-samples", type=int, help="fixed random subset of each evaluation set")
@@ -280,7 +284,7 @@ def finetune_config(args, method: str) -> "FinetuneConfig":
         train_file=args.train_file, validation_file=args.validation_file,
         text_columns=tuple(c for c in (args.text_columns or "").split(",") if c),
         label_column=args.label_column, regression=args.regression, max_length=args.max_length,
-        doc_stride=args.doc_stride, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        pad_to_multiple_of=args.pad_to_multiple_of, doc_stride=args.doc_stride, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
         epochs=args.epochs, lr=args.lr, earlybert_epochs=args.earlybert_epochs, lr_scale=args.lr_scale,
         batch_size=args.batch_size, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         grad_accum=args.grad_accum, seed=getattr(args, "seed", 42), search_epoch_fraction=args.search_epoch_fraction,

@@ -272,11 +272,18 @@ def encode(examples: list[Example], tokenizer, max_length: int, regression: bool
     ]
 
 
-def padding_collator(tokenizer, pad_to: int | None = None):
-    """Batches padded to their longest sequence, or to `pad_to` (for outputs concatenated along the sequence)."""
+def padding_collator(tokenizer, pad_to: int | None = None, multiple_of: int | None = None):
+    """Batches padded to their longest sequence, rounded up to `multiple_of` if given, or to `pad_to` (for outputs
+    concatenated along the sequence).
+
+    Rounding the length up leaves a few batch shapes instead of one per length: on a CPU each shape of a bf16 matrix
+    product builds its own oneDNN kernel, on a GPU tensor cores want multiples of 8. The padded positions are masked,
+    so the model computes the same function; dropout draws its masks over the padded shape, so a run is not
+    bit-identical to one padded to the longest."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to)
+    return DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to,
+                                   pad_to_multiple_of=None if pad_to else multiple_of)
 
 
 def make_loader(dataset, collate_fn, batch_size: int, order: list[int] | None = None) -> DataLoader:

@@ -63,6 +63,9 @@ class FinetuneConfig:
     label_column: str = "label"
     regression: bool = False
     max_length: int | None = None  # 128 for GLUE, 384 for SQuAD
+    # Classification batches are padded to their longest sequence (None), or to the next multiple of this: fewer
+    # shapes, faster steps on CPUs and GPUs alike (bench/results/shape_cache_cpu_xeon.md), not bit-identical.
+    pad_to_multiple_of: int | None = None
     doc_stride: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -118,6 +121,8 @@ class FinetuneConfig:
         for name in ("lr_scale", "search_epoch_fraction"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of (--pad-to-multiple-of) must be >= 1, got {self.pad_to_multiple_of}")
         for name, low in (("max_length", 8), ("doc_stride", 1), ("max_train_samples", 1), ("max_eval_samples", 1),
                           ("search_max_steps", 1), ("checkpoint_every", 0)):
             value = getattr(self, name)
@@ -227,7 +232,7 @@ def trained_vs_full(config: FinetuneConfig, task_info, trained, model_dir: Path,
     was_training = trained.training
     trained.eval()
     features = next(iter(task_info.eval_features.values()))
-    collate = padding_collator(task_info.tokenizer, config.max_length if task_info.is_squad else None)
+    collate = padding_collator(task_info.tokenizer, config.max_length) if task_info.is_squad else task_info.collator()
     size = config.batch_size
     batches = [{k: v.to(accelerator.device) for k, v in collate(features[i:i + size]).items() if k != "labels"}
                for i in range(0, min(len(features), INFERENCE_BATCHES * size), size)]
@@ -377,7 +382,7 @@ def _search(run: _Run, model: nn.Module, pause: StepBudget | None = None) -> tup
                               max_steps=budget, record_every=config.record_every or max(1, budget // 40))
     search_train = TrainConfig(**{**asdict(base), "max_steps": budget,
                                   "gate_lr": config.gates.learning_rate(config.lr)})
-    dataset, collate, wrap = task_info.train_features, padding_collator(task_info.tokenizer), None
+    dataset, collate, wrap = task_info.train_features, task_info.collator(), None
     if config.searches_with_mlm:
         model, dataset, collate, wrap = _mlm_search_inputs(config, task_info)
     return run_search(model, dataset, collate, search_train, search_cfg, config.ticket, config.gates, run.accelerator,
@@ -506,7 +511,7 @@ def _calibration(run: _Run, model: nn.Module, train_cfg: TrainConfig) -> dict:
     calibration = run.folder.read_json(CALIBRATION)
     if calibration is None:
         calibration = step_time_ratio(model, _seeded_model(run.config, run.task_info), run.task_info.train_features,
-                                      padding_collator(run.task_info.tokenizer), train_cfg, run.accelerator)
+                                      run.task_info.collator(), train_cfg, run.accelerator)
         run.folder.write_json(CALIBRATION, calibration)
     return calibration
 
@@ -584,7 +589,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
                  "trained_model": _linear_flops_per_step(model, task_info, config) if ticket is not None else full_flops}
         calibration = _calibration(run, model, train_cfg) if ticket is not None else None
         logger.info("stage: train (%s)", config.method)
-        result = train_stage("train", model, task_info.train_features, padding_collator(task_info.tokenizer),
+        result = train_stage("train", model, task_info.train_features, task_info.collator(),
                              train_cfg, new_accelerator(), checkpoint_dir=folder.path / "train_checkpoint",
                              budget=budget)
     except Paused as paused:

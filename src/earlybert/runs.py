@@ -147,6 +147,8 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     for key in dict.fromkeys([*saved, *now]):
         if not prefix and key in IDENTITY_IGNORES:
             continue
+        if key not in saved and now.get(key) is None:  # a setting added since the run started, left off: the same run
+            continue
         old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
         if isinstance(old, dict) and isinstance(new, dict):
             out += _differences(old, new, f"{prefix}{key}.")

@@ -90,7 +90,6 @@ def _slim_flop_ratios(base, task_info, coefficients, points: list[GridPoint]) ->
 
 def _calibrate(base, task_info, coefficients, point: GridPoint) -> dict:
     """The paired slim / full step-time ratio of `point`'s slim model on this machine (train.step_time_ratio)."""
-    from .data import padding_collator
     from .finetune import _accelerator_factory, _seeded_model
     from .prune import prune
     from .ticket import draw_ticket
@@ -100,7 +99,7 @@ def _calibrate(base, task_info, coefficients, point: GridPoint) -> dict:
     slim = _seeded_model(base, task_info)
     prune(slim, draw_ticket(heads, ffn, point.ticket_config(base.ticket), step=step))
     return step_time_ratio(slim, _seeded_model(base, task_info), task_info.train_features,
-                           padding_collator(task_info.tokenizer), base.train_config(slim=True),
+                           task_info.collator(), base.train_config(slim=True),
                            _accelerator_factory(base)())
 
 

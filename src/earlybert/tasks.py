@@ -31,10 +31,15 @@ class TaskInfo:
     task: glue_data.Task | None = None  # classification / regression
     squad_examples: dict[str, list[dict]] = field(default_factory=dict)  # QA: evaluation examples per split
     squad_eval_meta: dict[str, dict] = field(default_factory=dict)  # QA: example ids and offsets per feature
+    pad_to_multiple_of: int | None = None  # classification batches: their longest length rounded up to this
 
     @property
     def is_squad(self) -> bool:
         return self.task is None
+
+    def collator(self):
+        """The collator of this run's classification batches (training, search, calibration, evaluation)."""
+        return glue_data.padding_collator(self.tokenizer, multiple_of=self.pad_to_multiple_of)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
@@ -106,6 +111,10 @@ def prepare_task(config) -> TaskInfo:
     limit = max_positions(model_config)
     if limit is not None and config.max_length > limit:
         raise ValueError(f"max length {config.max_length} exceeds the model's {limit} position embeddings")
+    multiple = getattr(config, "pad_to_multiple_of", None)
+    if limit is not None and multiple and -(-config.max_length // multiple) * multiple > limit:
+        raise ValueError(f"--max-length {config.max_length} padded to a multiple of {multiple} "
+                         f"(--pad-to-multiple-of) exceeds the model's {limit} position embeddings")
     if config.task == "squad":
         info = _prepare_squad(config, tokenizer)
         info.model_config = model_config
@@ -121,7 +130,7 @@ def prepare_task(config) -> TaskInfo:
     }
     mean_length = float(np.mean([len(f["input_ids"]) for f in train_features]))
     return TaskInfo(task.name, task.metrics[0], tokenizer, train_features, evals, mean_length,
-                    model_config=model_config, task=task)
+                    model_config=model_config, task=task, pad_to_multiple_of=multiple)
 
 
 def _squad_paths(config) -> tuple[str, str]:
@@ -230,7 +239,7 @@ def evaluate_model(model, info: TaskInfo, config, accelerator) -> dict[str, floa
             scores = qa.squad_metrics(predictions, info.squad_examples[split])
             scores = {"exact_match": scores["exact_match"], "f1": scores["f1"]}
         else:
-            out = predict(model, features, glue_data.padding_collator(info.tokenizer), config.batch_size, accelerator)
+            out = predict(model, features, info.collator(), config.batch_size, accelerator)
             logits, labels = out["logits"], out["labels"]
             if info.task.is_regression:
                 scores = regression_metrics(logits.squeeze(-1).numpy(), labels.numpy())
