@@ -39,6 +39,10 @@ SETTINGS = {  # name -> (ONEDNN_PRIMITIVE_CACHE_CAPACITY, pad_to_multiple_of)
     "cache-1024": (1024, None),  # oneDNN's default, what earlybert ran with before it widened the cache
     "cache-16384": (16384, None),  # earlybert's default (earlybert.ONEDNN_CACHE_CAPACITY)
     "cache-1024-pad8": (1024, 8),  # fewer shapes instead of a wider cache (changes the dropout stream: not adopted)
+    "cache-16384-pad8": (16384, 8),  # both: what padding to x8 would still buy on top of earlybert's default
+    # padded to the longest and to x8 in ONE process, the four arms taking turns on the same batches: the settings
+    # above compare processes that ran minutes apart, and this machine's speed drifted by up to 30% between them
+    "cache-16384-paired": (16384, "paired"),
 }
 
 
@@ -60,28 +64,33 @@ def child(args) -> dict:
     random.Random(0).shuffle(rows)  # a fixed 10,000-sentence subset, as bench/finetune_glue.py trains on
     rows = rows[:10_000]
     pad = SETTINGS[args.setting][1]
+    pads = (None, 8) if pad == "paired" else (pad,)
 
-    def batch(i: int) -> dict:
+    def batch(i: int, multiple: int | None) -> dict:
         chunk = rows[i * args.batch_size : (i + 1) * args.batch_size]
         out = tokenizer([r[0] for r in chunk], padding=True, truncation=True, max_length=128, return_tensors="pt",
-                        pad_to_multiple_of=pad)
+                        pad_to_multiple_of=multiple)
         out["labels"] = torch.tensor([int(r[1]) for r in chunk])
         return out
 
-    arms = {}
-    for name in ("full", "slim"):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
-        if name == "slim":
-            eb.prune(model, random_scores_ticket(*layer_shapes(model), seed=0))
-        arms[name] = (model, torch.optim.AdamW(model.parameters(), lr=4e-5, fused=True))
+    arms = {}  # name -> (model, optimizer, padding multiple): "full", "slim", and "full-pad8", "slim-pad8" if paired
+    for multiple in pads:
+        for name in ("full", "slim"):
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
+            if name == "slim":
+                eb.prune(model, random_scores_ticket(*layer_shapes(model), seed=0))
+            key = f"{name}-pad{multiple}" if pad == "paired" and multiple else name
+            arms[key] = (model, torch.optim.AdamW(model.parameters(), lr=4e-5, fused=True), multiple)
     bf16 = native_bf16() if args.bf16 == "auto" else args.bf16 == "yes"
     times: dict[str, list[float]] = {name: [] for name in arms}
     lengths = []
+    names = list(arms)
     for i in range(args.steps):
-        b = batch(i)
-        lengths.append(b["input_ids"].shape[1])
-        for name in (("full", "slim") if i % 2 == 0 else ("slim", "full")):
-            model, optimizer = arms[name]
+        batches = {multiple: batch(i, multiple) for multiple in pads}
+        lengths.append(batches[pads[0]]["input_ids"].shape[1])
+        for name in names[i % len(names):] + names[: i % len(names)]:  # every arm in every position in turn
+            model, optimizer, multiple = arms[name]
+            b = batches[multiple]
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(**b).loss
@@ -91,10 +100,14 @@ def child(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             times[name].append(time.perf_counter() - start)
     half = args.steps // 2
-    full, slim = statistics.median(times["full"][half:]), statistics.median(times["slim"][half:])
-    return {"setting": args.setting, "cache": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), "pad": pad,
-            "full_s": full, "slim_s": slim, "ratio": slim / full, "bf16": bf16, "distinct_lengths": len(set(lengths)),
-            "steps": args.steps}
+    medians = {name: statistics.median(t[half:]) for name, t in times.items()}
+    out = {"setting": args.setting, "cache": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), "pad": pad,
+           "full_s": medians["full"], "slim_s": medians["slim"], "ratio": medians["slim"] / medians["full"],
+           "bf16": bf16, "distinct_lengths": len(set(lengths)), "steps": args.steps}
+    if pad == "paired":
+        out.update(full_pad8_s=medians["full-pad8"], slim_pad8_s=medians["slim-pad8"],
+                   ratio_pad8=medians["slim-pad8"] / medians["full-pad8"])
+    return out
 
 
 def to_markdown(result: dict) -> str:
@@ -103,18 +116,30 @@ def to_markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}, 1 thread per child, torch {result['torch']}, bf16 autocast: "
         f"{result['rounds'][0][0]['bf16']}  ",
-        f"{result['steps']} steps of 32 sentences per setting and round (batches padded to their longest, "
-        f"{result['rounds'][0][0]['distinct_lengths']} distinct lengths); median of the second half. Settings "
-        "alternate over rounds, each in a process of its own.", "",
-        "| setting | full step (s) | slim step (s) | slim / full | full vs cache-1024 | slim vs cache-1024 |",
-        "|---|---|---|---|---|---|",
+        f"{result['steps']} steps of 32 sentences per setting and round (batches padded to their longest, or to "
+        "the next multiple of 8 where the setting says pad8); median of the second half. Settings alternate over "
+        "rounds, each in a process of its own.", "",
+        "| setting | distinct lengths | full step (s) | slim step (s) | slim / full | full vs cache-1024 | "
+        "slim vs cache-1024 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    base = result["summary"]["cache-1024"]
+    base = result["summary"].get("cache-1024")  # oneDNN's default, where it was measured
+
+    def against(s: dict, key: str) -> str:
+        return f"{s[key] / base[key] - 1:+.1%}" if base else "-"
+
     for name, s in result["summary"].items():
-        lines.append(f"| {name} | {s['full_s']:.4f} | {s['slim_s']:.4f} | {s['ratio']:.3f} | "
-                     f"{s['full_s'] / base['full_s'] - 1:+.1%} | {s['slim_s'] / base['slim_s'] - 1:+.1%} |")
+        lengths = s.get("distinct_lengths", "-")  # older results files did not keep it per setting
+        lines.append(f"| {name} | {lengths} | {s['full_s']:.4f} | {s['slim_s']:.4f} | {s['ratio']:.3f} | "
+                     f"{against(s, 'full_s')} | {against(s, 'slim_s')} |")
     lines += ["", "Per round (full / slim, s): " + "; ".join(
         ", ".join(f"{r['setting']} {r['full_s']:.3f}/{r['slim_s']:.3f}" for r in rnd) for rnd in result["rounds"]), ""]
+    for name, s in result["summary"].items():
+        if "ratio_pad8" in s:
+            lines += [f"{name}: padded to x8 and to the longest in one process, the four arms taking turns on the same "
+                      f"batches. Padded to x8: full {s['full_pad8_s']:.4f} s ({s['full_pad8_s'] / s['full_s'] - 1:+.1%} "
+                      f"against the longest), slim {s['slim_pad8_s']:.4f} s ({s['slim_pad8_s'] / s['slim_s'] - 1:+.1%}); "
+                      f"slim / full {s['ratio_pad8']:.3f} against {s['ratio']:.3f}.", ""]
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
@@ -161,7 +186,11 @@ def main() -> None:
     for name in names:
         runs = [r for rnd in rounds for r in rnd if r["setting"] == name]
         full, slim = statistics.fmean(r["full_s"] for r in runs), statistics.fmean(r["slim_s"] for r in runs)
-        summary[name] = {"full_s": full, "slim_s": slim, "ratio": statistics.fmean(r["ratio"] for r in runs)}
+        summary[name] = {"full_s": full, "slim_s": slim, "ratio": statistics.fmean(r["ratio"] for r in runs),
+                         "distinct_lengths": runs[0]["distinct_lengths"]}
+        if SETTINGS[name][1] == "paired":
+            summary[name].update({k: statistics.fmean(r[k] for r in runs)
+                                  for k in ("full_pad8_s", "slim_pad8_s", "ratio_pad8")})
     result = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
               "machine": f"{cpu_name()} ({platform.machine()})", "torch": torch.__version__, "steps": args.steps,
               "rounds": rounds, "summary": summary, "note": args.note}

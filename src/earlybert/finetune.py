@@ -64,7 +64,8 @@ class FinetuneConfig:
     regression: bool = False
     max_length: int | None = None  # 128 for GLUE, 384 for SQuAD
     # Classification batches are padded to their longest sequence (None), or to the next multiple of this: fewer
-    # shapes, faster steps on CPUs and GPUs alike (bench/results/shape_cache_cpu_xeon.md), not bit-identical.
+    # shapes (tensor cores want multiples of 8), more padded tokens. Off: on a Xeon CPU it made both steps ~5%
+    # slower (bench/results/shape_cache_cpu_xeon_paired.md); a run with it is not bit-identical to one without.
     pad_to_multiple_of: int | None = None
     doc_stride: int = 128
     max_train_samples: int | None = None
