@@ -279,9 +279,9 @@ def padding_collator(tokenizer, pad_to: int | None = None, multiple_of: int | No
     Rounding the length up leaves a few batch shapes instead of one per length (on a GPU tensor cores want multiples
     of 8; on a CPU each shape of a bf16 matrix product builds its own oneDNN kernel), at the cost of more padded
     tokens, which cost more than the fewer shapes saved on a Xeon CPU with earlybert's wide kernel cache
-    (bench/shape_cache.py: both steps ~5% slower). The padded positions are masked,
-    so the model computes the same function; dropout draws its masks over the padded shape, so a run is not
-    bit-identical to one padded to the longest."""
+    (bench/shape_cache.py: both steps ~5% slower). The padded positions are masked, so the model computes the same
+    function; dropout draws its masks over the padded shape, so a run is not bit-identical to one padded to the
+    longest."""
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to,
