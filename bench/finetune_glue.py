@@ -381,6 +381,7 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
     caps = parse_samples(args.train_samples)
     sets = "; ".join([*(f"{FOLDERS[t]} a fixed {n:,}-example subset" for t, n in caps.items() if t != "qnli"),
                       f"{', '.join(FOLDERS[t] for t in TASKS if t not in caps and t != 'qnli')} whole"])
+    padding = f", batches padded to a multiple of {args.pad_to_multiple_of} tokens" if args.pad_to_multiple_of else ""
     where = f"{machine['gpu']} (CUDA {machine['cuda']})" if "gpu" in machine else f"{machine['cpu']}, {machine['threads']} threads"
     lines = [
         f"# EarlyBERT fine-tuning vs baselines: MiniLM-L6 on GLUE ({'GPU' if 'gpu' in machine else 'CPU'})", "",
@@ -389,9 +390,8 @@ def write_results(args, runs: list[dict], started: float, mixed: str, notes: lis
         *_machines_line(groups),
         f"Training sets: {sets}; QNLI trains on 2,000 "
         "pairs of its dev set and is evaluated on the other 3,463 (see the script's docstring). Max length "
-        f"{args.max_length}, batch 32"
-        + (f", batches padded to a multiple of {args.pad_to_multiple_of} tokens" if getattr(args, "pad_to_multiple_of", None)
-           else "") + ". Scores in percent (CoLA: Matthews correlation x 100; STS-B: Pearson x 100).",
+        f"{args.max_length}, batch 32{padding}. Scores in percent (CoLA: Matthews correlation x 100; STS-B: "
+        "Pearson x 100).",
         "",
         *(f"- {note}" for note in notes), *([""] if notes else []),
         table, "",

@@ -113,7 +113,7 @@ def test_a_variant_is_paired_with_its_random_twin_of_the_same_task_and_seed(glue
 def _args(tmp_path, **overrides):
     from argparse import Namespace
 
-    settings = dict(lr=4e-5, max_length=128, train_samples="sst2=10000", slice=100, model=None,
+    settings = dict(lr=4e-5, max_length=128, train_samples="sst2=10000", slice=100, model=None, pad_to_multiple_of=None,
                     runs=str(tmp_path / "runs"), output=str(tmp_path / "results" / "table"))
     return Namespace(**{**settings, **overrides})
 

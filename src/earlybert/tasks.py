@@ -111,7 +111,7 @@ def prepare_task(config) -> TaskInfo:
     limit = max_positions(model_config)
     if limit is not None and config.max_length > limit:
         raise ValueError(f"max length {config.max_length} exceeds the model's {limit} position embeddings")
-    multiple = getattr(config, "pad_to_multiple_of", None)
+    multiple = config.pad_to_multiple_of
     if limit is not None and multiple and -(-config.max_length // multiple) * multiple > limit:
         raise ValueError(f"--max-length {config.max_length} padded to a multiple of {multiple} "
                          f"(--pad-to-multiple-of) exceeds the model's {limit} position embeddings")
